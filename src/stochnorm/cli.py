@@ -1,0 +1,252 @@
+"""The `stochnorm` command: train, evaluate, lr-find, report, demo, data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES, TrainConfig
+from .errors import ConfigError, StochnormError
+
+CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
+    "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
+    "--norm": ("norm", str, "normalization after every conv: none or batch"),
+    "--width": ("width", float, "channel multiplier of All-CNN-C (1 = the paper's network)"),
+    "--padding": ("padding", int, "zero padding of the 3x3 convs (0 = the paper's sizes)"),
+    "--subset": ("subset", float, "fraction of the training split to train on, in (0, 1]"),
+    "--epochs": ("epochs", int, "number of epochs"),
+    "--lr": ("lr", float, "initial learning rate (find one with `stochnorm lr-find`)"),
+    "--lr-decay-epochs": (
+        "lr_decay_epochs", float, "epochs after which the rate has fallen to 0.1*lr",
+    ),
+    "--batch-size": ("batch_size", int, "training batch size (the paper: 32)"),
+    "--norm-batch": (
+        "norm_batch", int,
+        "samples in the normalization statistics: the training batch plus random others "
+        "(default: the training batch alone)",
+    ),
+    "--momentum": ("momentum", float, "Nesterov momentum (0.9)"),
+    "--weight-decay": ("weight_decay", float, "L2 weight decay (0)"),
+    "--seed": ("seed", int, "seed of initialization, batch order, augmentation and noise"),
+    "--split-seed": ("split_seed", int, "seed of the fixed 90/10 train/validation split"),
+    "--eval-train-size": (
+        "eval_train_size", int, "training images on which the eval-mode loss is measured",
+    ),
+    "--eval-batch-size": ("eval_batch_size", int, "batch size for evaluation"),
+}  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error on one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: type):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+
+    return parse
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile", choices=list(PROFILES), default="quick",
+        help="preset of width, subset and schedule that the flags below override "
+        "(demo: ~1 min a run; quick: width 1/3 on 5,400 images, ~10 min; quick-full: the "
+        "whole training split; full: the paper's width and 1200 epochs, for a GPU)",
+    )  # fmt: skip
+    for flag, (_, kind, text) in CONFIG_FLAGS.items():
+        p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
+    p.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=None,
+        help="random 2-px translation and horizontal flip of training images (on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-init", action=argparse.BooleanOptionalAction, default=None,
+        help="data-dependent initialization of the plain network (on)",
+    )  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
+    values.update(augment=args.augment, data_init=args.data_init)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.from_profile(args.profile, **_config_overrides(args))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .runs import RunDir
+    from .train import train
+
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out DIR, the run directory to continue")
+        given = _config_overrides(args)
+        if given:
+            raise ConfigError(
+                f"--resume takes its configuration from {args.out}/config.json; drop "
+                + ", ".join("--" + k.replace("_", "-") for k in given)
+            )
+        cfg = RunDir(args.out).config()
+    else:
+        cfg = _config(args)
+    out = args.out or Path("runs") / f"{cfg.profile}-{cfg.dataset}-{cfg.norm}-seed{cfg.seed}"
+    result = train(cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    _print_final(out, result.metrics)
+    return 1 if result.metrics["diverged"] else 0
+
+
+def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
+    status = "diverged" if metrics["diverged"] else "done"
+    print(f"{status}: {out}")
+    for split, m in metrics.get("final", {}).items():
+        print(
+            f"  {split}: accuracy {100 * m['accuracy']:.2f}%  NLL {m['nll']:.4f}  "
+            f"ECE {m['ece']:.4f}  Brier {m['brier']:.4f}"
+        )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import save_json
+    from .provenance import provenance
+    from .train import final_metrics, load_run, resolve_device
+
+    device = resolve_device(args.device)
+    cfg, data, model = load_run(args.run_dir, device=device)
+    result = {"metrics": final_metrics(model, data, cfg, device), "provenance": provenance(device)}
+    save_json(result, Path(args.run_dir) / "evaluation.json")
+    _print_final(args.run_dir, {"diverged": False, "final": result["metrics"]})
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from .checkpoint import save_json
+    from .lr_find import lr_find
+
+    cfg = _config(args)
+    result = lr_find(
+        cfg, lr_min=args.lr_min, lr_max=args.lr_max, per_decade=args.per_decade,
+        refine=args.refine, epochs=args.search_epochs, device=args.device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    result["config"] = cfg.to_dict()
+    for trial in result["trials"]:
+        print(f"  lr {trial['lr']:.4g}: training loss {trial['train_loss']:.4f}")
+    edge = " (at the edge of the range: widen --lr-min/--lr-max)" if result["at_edge"] else ""
+    print(f"best lr {result['lr']:.4g} after {result['epochs']} epochs{edge}")
+    if args.out:
+        save_json(result, Path(args.out))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .runs import RunDir
+
+    path = write_report([RunDir(p).check() for p in args.run_dirs], Path(args.out), args.title)
+    print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return demo(Path(args.out), device=args.device, progress=not args.no_progress)
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from . import data
+
+    reader = data.reader(args.name)
+    where = reader.locate()
+    if where is None and args.download:
+        where = reader.fetch()
+    if where is None:
+        raise StochnormError(f"{args.name} not found; {reader.HOW_TO_GET}")
+    raw = data.load(args.name, download=False)
+    print(f"{args.name}: {len(raw.train_y)} training and {len(raw.test_y)} test images in {where}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stochnorm",
+        description="Batch-independent normalization with learned Bayesian noise: training, "
+        "evaluation and reports on real data.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train All-CNN-C and write a run directory")
+    _add_config_flags(p)
+    p.add_argument("--out", help="run directory (default runs/PROFILE-DATASET-NORM-seedN)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on validation and test sets")
+    p.add_argument("run_dir", help="a run directory written by `stochnorm train`")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "lr-find", help="find the initial learning rate that minimizes the training loss "
+        "reached after a few epochs (the paper's protocol)",
+    )  # fmt: skip
+    _add_config_flags(p)
+    p.add_argument("--lr-min", type=_number(float), default=1e-3, help="smallest rate tried")
+    p.add_argument("--lr-max", type=_number(float), default=1.0, help="largest rate tried")
+    p.add_argument("--per-decade", type=_number(int), default=2, help="grid points per decade")
+    p.add_argument("--refine", type=_number(int), default=3, help="refining trials after the grid")
+    p.add_argument(
+        "--search-epochs", type=_number(int),
+        help="epochs per trial (default: the profile's; the paper: 5)",
+    )  # fmt: skip
+    p.add_argument("--out", help="write the trials and the best rate to this JSON file")
+    p.set_defaults(func=_cmd_lr_find)
+
+    p = sub.add_parser("report", help="markdown table and curves from run directories")
+    p.add_argument("run_dirs", nargs="+", help="run directories to compare")
+    p.add_argument("--out", default="report", help="output directory (default: report)")
+    p.add_argument("--title", default="stochnorm report", help="report title")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "demo", help="train the demo comparison (batch norm vs none) and write its report"
+    )
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("data", help="locate (or download) a dataset and check that it loads")
+    p.add_argument("name", help="fashion-mnist or cifar10")
+    p.add_argument("--download", action="store_true", help="download it if not found")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StochnormError as exc:
+        print(f"stochnorm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stochnorm: interrupted; continue a run with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""One frozen configuration per training run, and the named profiles that fill it in."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .data import Dataset
+from .errors import ConfigError
+from .norms import Norm
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (main paper, appendix A.1 protocol).
+
+    The learning rate in epoch k (from 0) is `lr * gamma**k`, with gamma such that the rate
+    has fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200).
+    `norm_batch` is the number of samples the normalization statistics are computed over:
+    the training batch plus `norm_batch - batch_size` other random training samples in the
+    same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
+    the training batch alone.
+    """
+
+    dataset: str = Dataset.FASHION_MNIST.value
+    norm: str = Norm.BATCH.value
+    width: float = 1 / 3
+    padding: int = 0
+    subset: float = 1.0
+    epochs: int = 60
+    lr: float = 0.05
+    lr_decay_epochs: float = 30.0
+    batch_size: int = 32
+    norm_batch: int | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    augment: bool = True
+    data_init: bool = True
+    seed: int = 0
+    split_seed: int = 0
+    eval_train_size: int = 1000
+    eval_batch_size: int = 500
+    profile: str = "custom"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        object.__setattr__(self, "dataset", Dataset.parse(self.dataset).value)
+        object.__setattr__(self, "norm", Norm.parse(self.norm).value)
+        need(math.isfinite(self.width) and self.width > 0, f"width must be > 0, got {self.width}")
+        need(self.padding >= 0, f"padding must be >= 0, got {self.padding}")
+        need(0 < self.subset <= 1, f"subset must be in (0, 1], got {self.subset}")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.lr_decay_epochs > 0, f"lr_decay_epochs must be > 0, got {self.lr_decay_epochs}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(
+            self.norm_batch is None or self.norm_batch >= self.batch_size,
+            f"norm_batch ({self.norm_batch}) must be >= batch_size ({self.batch_size})",
+        )
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.eval_train_size >= 0, "eval_train_size must be >= 0")
+        need(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
+
+    @property
+    def extra_norm_samples(self) -> int:
+        """How many samples besides the training batch enter the normalization statistics."""
+        return 0 if self.norm_batch is None else self.norm_batch - self.batch_size
+
+    @property
+    def gamma(self) -> float:
+        """Per-epoch learning-rate factor: gamma**lr_decay_epochs = 0.1."""
+        return 0.1 ** (1.0 / self.lr_decay_epochs)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.gamma**epoch
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+
+    @classmethod
+    def from_profile(cls, profile: str, **overrides: Any) -> TrainConfig:
+        """The profile's settings, with `overrides` (those not None) on top."""
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+        values = {**PROFILES[profile], "profile": profile}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+
+# Each profile reaches the regime where the training loss is close to zero on its budget
+# (epochs measured on 2 CPU cores unless marked GPU).
+PROFILES: dict[str, dict[str, Any]] = {
+    # width 1/4, a fifth of the training split, a few epochs: about a minute a run.
+    "demo": dict(width=0.25, subset=0.2, epochs=6, lr_decay_epochs=3, eval_train_size=500),
+    # width 1/3 on 10% of the training split (5,400 images), whole validation/test sets.
+    "quick": dict(width=1 / 3, subset=0.1, epochs=60, lr_decay_epochs=30),
+    # width 1/3 on the whole training split.
+    "quick-full": dict(width=1 / 3, subset=1.0, epochs=15, lr_decay_epochs=7.5),
+    # the paper's schedule: width 1, 1200 epochs, gamma**600 = 0.1 (a GPU run).
+    "full": dict(width=1.0, subset=1.0, epochs=1200, lr_decay_epochs=600),
+}
+
+# Epochs of one learning-rate candidate in `lr-find` (the paper: 5 of 1200 epochs).
+LR_FIND_EPOCHS = {"demo": 1, "quick": 5, "quick-full": 1, "full": 5}

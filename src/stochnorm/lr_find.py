@@ -1,0 +1,75 @@
+"""Learning-rate search as in the main paper, appendix A.1: the initial learning rate that
+minimizes the training loss reached after a few epochs, found per training case."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from . import data as datasets
+from .config import LR_FIND_EPOCHS, TrainConfig
+from .errors import ConfigError
+from .train import train
+
+
+def lr_find(
+    cfg: TrainConfig,
+    *,
+    lr_min: float = 1e-3,
+    lr_max: float = 1.0,
+    per_decade: int = 2,
+    refine: int = 3,
+    epochs: int | None = None,
+    data: datasets.Splits | None = None,
+    device: str | torch.device | None = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train `cfg` for `epochs` epochs (default: the profile's, see LR_FIND_EPOCHS) from the
+    same initialization with learning rates on a log grid over [lr_min, lr_max]
+    (`per_decade` points per decade), then narrow the bracket around the best one by
+    `refine` more trials, each halving (in log scale) the larger side of the bracket.
+
+    The score of a trial is the mean training loss of its last epoch, +inf if it diverged.
+    Returns the best `lr`, every trial, and `at_edge` = True when the best rate lies at an
+    end of the range (then the range should be widened).
+    """
+    if not 0 < lr_min < lr_max:
+        raise ConfigError(f"need 0 < lr_min < lr_max, got {lr_min} and {lr_max}")
+    if per_decade < 1 or refine < 0:
+        raise ConfigError("per_decade must be >= 1 and refine >= 0")
+    epochs = epochs or LR_FIND_EPOCHS.get(cfg.profile, 5)
+    if data is None:
+        data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+    scores: dict[float, float] = {}
+
+    def score(log_lr: float) -> float:
+        if log_lr not in scores:
+            trial = replace(cfg, lr=10.0**log_lr, epochs=epochs)
+            result = train(trial, data=data, device=device, progress=progress, evaluate=False)
+            history = result.metrics["history"]
+            diverged = result.metrics["diverged"] or not history
+            scores[log_lr] = math.inf if diverged else history[-1]["train_loss"]
+        return scores[log_lr]
+
+    lo, hi = math.log10(lr_min), math.log10(lr_max)
+    count = max(2, round((hi - lo) * per_decade) + 1)
+    grid = [lo + (hi - lo) * i / (count - 1) for i in range(count)]
+    best = min(grid, key=score)
+    i = grid.index(best)
+    at_edge = i in (0, len(grid) - 1)
+    left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    for _ in range(refine):
+        wide_right = right - best >= best - left
+        probe = (best + right) / 2 if wide_right else (left + best) / 2
+        if score(probe) < score(best):
+            left, right = (best, right) if wide_right else (left, best)
+            best = probe
+        elif wide_right:
+            right = probe
+        else:
+            left = probe
+    trials = [{"lr": 10.0**k, "train_loss": v} for k, v in sorted(scores.items())]
+    return {"lr": 10.0**best, "epochs": epochs, "at_edge": at_edge, "trials": trials}

@@ -1,0 +1,5 @@
+"""Model definitions."""
+
+from .allcnn import AllCNN
+
+__all__ = ["AllCNN"]

@@ -1,0 +1,40 @@
+"""Figures drawn from saved per-epoch histories (lists of dicts as in metrics.json)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
+    """Training loss (train mode, solid; eval mode on a fixed training subset, dashed),
+    validation loss and validation accuracy against epochs, one colour per run."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = [r["epoch"] for r in history]
+        axes[0].plot(epochs, [r["train_loss"] for r in history], color=colour, label=name)
+        if history and "train_eval_loss" in history[0]:
+            axes[0].plot(
+                epochs, [r["train_eval_loss"] for r in history], color=colour, ls="--",
+                label=f"{name} (eval mode)",
+            )  # fmt: skip
+        axes[1].plot(epochs, [r["val_loss"] for r in history], color=colour, label=name)
+        axes[2].plot(epochs, [100 * r["val_acc"] for r in history], color=colour, label=name)
+    axes[0].set(title="training loss", xlabel="epoch", yscale="log")
+    axes[1].set(title="validation loss (NLL)", xlabel="epoch")
+    axes[2].set(title="validation accuracy, %", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

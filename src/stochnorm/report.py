@@ -1,0 +1,66 @@
+"""Markdown reports built only from saved run directories."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .plots import plot_curves
+from .runs import RunDir
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def write_report(runs: Sequence[RunDir], out: Path, title: str = "stochnorm report") -> Path:
+    """Write `out`/report.md (one row per run: configuration, final training losses, test
+    accuracy, NLL, ECE, Brier) and `out`/curves.png (all runs' curves overlaid)."""
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [(run, run.metrics()) for run in runs]
+    lines = [
+        f"# {title}",
+        "",
+        "| run | norm | width | train images | epochs | lr | train loss (train mode) "
+        "| train loss (eval mode) | val acc % | test acc % | test NLL | test ECE | test Brier "
+        "| minutes |",
+        "|" + "---|" * 14,
+    ]
+    for run, m in loaded:
+        cfg, last = m["config"], (m["history"][-1] if m["history"] else {})
+        test = m.get("final", {}).get("test")
+        status = ""
+        if not m.get("complete"):
+            status = " (diverged)" if m.get("diverged") else " (incomplete)"
+        cells = [
+            f"{run.name}{status}", cfg["norm"], f"{cfg['width']:.3g}", str(m["data"]["train"]),
+            f"{len(m['history'])}/{cfg['epochs']}", f"{cfg['lr']:.3g}",
+            f"{last.get('train_loss', float('nan')):.4f}",
+            f"{last.get('train_eval_loss', float('nan')):.4f}",
+            _pct(last["val_acc"]) if "val_acc" in last else "-",
+            _pct(test["accuracy"]) if test else "-",
+            f"{test['nll']:.3f}" if test else "-",
+            f"{test['ece']:.3f}" if test else "-",
+            f"{test['brier']:.3f}" if test else "-",
+            f"{m.get('train_seconds', 0) / 60:.1f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    hardware = sorted({m["provenance"]["hardware"] for _, m in loaded})
+    commits = sorted({m["provenance"]["commit"] for _, m in loaded})
+    lines += [
+        "",
+        "Test metrics are those of the last epoch's weights in eval mode (the test set is "
+        "never used for selection); ECE uses 15 bins.",
+        "",
+        f"Hardware: {'; '.join(hardware)}. Code: {', '.join(commits)}.",
+        "",
+        "![curves](curves.png)",
+        "",
+        "Training loss: solid = train mode (running mean over the epoch), dashed = the same "
+        "weights in eval mode on a fixed training subset.",
+        "",
+    ]
+    plot_curves({run.name: m["history"] for run, m in loaded}, out / "curves.png")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,271 @@
+"""The one training loop (main paper, appendix A.1): SGD with Nesterov momentum, batch 32,
+learning rate `lr * gamma**epoch`, per-epoch curves, atomic checkpoints and exact resume.
+
+Later features plug in through two extension points instead of copies of this loop:
+`after_step` callables run after every optimizer step (e.g. a projection of weights) and
+`loss_terms` callables add to the objective (e.g. a KL term).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import data as datasets
+from . import metrics
+from .checkpoint import save_checkpoint, save_json
+from .config import TrainConfig
+from .errors import RunDirError
+from .evaluation import loss_and_accuracy, nll_loss, predict_probs
+from .initialization import data_dependent_init_
+from .models import AllCNN
+from .norms import Norm
+from .provenance import provenance
+from .runs import RunDir
+
+AfterStep = Callable[[nn.Module], None]
+LossTerm = Callable[[nn.Module], Tensor]
+
+
+@dataclass
+class TrainResult:
+    """The trained model (last epoch, or the last good one after a divergence) and the
+    metrics that metrics.json holds."""
+
+    model: nn.Module
+    metrics: dict[str, Any]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's randomness (batch order, augmentation, noise), so that a run
+    resumed at an epoch boundary draws exactly what an uninterrupted run would."""
+    return seed * 100_003 + epoch
+
+
+def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
+    """All-CNN-C for `data`, initialized from `cfg.seed` (PyTorch default init; for the
+    plain network, plus the data-dependent init on 128 training images when `data_init`)."""
+    torch.manual_seed(cfg.seed)
+    model = AllCNN(
+        data.in_channels, data.num_classes, width=cfg.width, norm=cfg.norm, padding=cfg.padding
+    )
+    if Norm(cfg.norm) is Norm.NONE and cfg.data_init:
+        g = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(len(data.train), generator=g)[:128]
+        data_dependent_init_(model, data.train.x[idx])
+    return model
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    *,
+    data: datasets.Splits | None = None,
+    resume: bool = False,
+    after_step: Sequence[AfterStep] = (),
+    loss_terms: Sequence[LossTerm] = (),
+    device: str | torch.device | None = "cpu",
+    progress: bool = True,
+    evaluate: bool = True,
+) -> TrainResult:
+    """Train All-CNN-C as `cfg` says; return the model and its metrics (as in metrics.json).
+
+    With `out`, the run directory receives config.json, a checkpoint after every epoch,
+    metrics.json and curves.png; `resume=True` continues the run found there. Without
+    `out` nothing is written (as in a learning-rate search). A run whose loss becomes
+    non-finite stops at the end of that epoch with `"diverged": true`; the checkpoint of
+    the last good epoch is kept. `evaluate=False` skips the per-epoch and final
+    evaluations (only the training loss is recorded).
+    """
+    device = resolve_device(device)
+    run = RunDir(out) if out is not None else None
+    if run is not None:
+        _prepare_run_dir(run, cfg, resume)
+    if data is None:
+        data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+    model = build_model(cfg, data).to(device)
+    optimizer = make_optimizer(cfg, model)
+    history: list[dict[str, float]] = []
+    state = run.checkpoint() if run is not None and resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+    result = {"config": cfg.to_dict(), "provenance": provenance(device), "data": _describe(data)}
+
+    diverged = False
+    bar = tqdm(
+        range(len(history), cfg.epochs), initial=len(history), total=cfg.epochs,
+        desc=f"{cfg.norm} w={cfg.width:.3g}", unit="epoch", disable=not progress,
+    )  # fmt: skip
+    for epoch in bar:
+        started = time.perf_counter()
+        seed = epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
+        train_loss = train_epoch(
+            model, optimizer, data, cfg, generator, device, after_step=after_step,
+            loss_terms=loss_terms,
+        )  # fmt: skip
+        if not math.isfinite(train_loss):
+            diverged = True
+            break
+        row = {"epoch": epoch + 1, "lr": cfg.lr_at(epoch), "train_loss": train_loss}
+        if evaluate:
+            row.update(epoch_metrics(model, data, cfg, device))
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{row.get('val_acc', math.nan):.3f}")
+        if run is not None:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            save_checkpoint({**state, "history": history}, run.checkpoint_path)
+            save_json({**result, "history": history, "complete": False}, run.metrics_path)
+    bar.close()
+
+    result.update(history=history, diverged=diverged, complete=not diverged)
+    usable = not diverged
+    if diverged and run is not None and run.checkpoint_path.exists():
+        model.load_state_dict(run.checkpoint()["model"])  # the last good epoch
+        usable = True
+    if history and usable and evaluate:
+        result["final"] = final_metrics(model, data, cfg, device)
+    result["train_seconds"] = sum(r["seconds"] for r in history)
+    if run is not None:
+        save_json(result, run.metrics_path)
+        if history:
+            from .plots import plot_curves
+
+            plot_curves({run.name: history}, run.curves_path)
+    return TrainResult(model, result)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: datasets.Splits,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    after_step: Sequence[AfterStep] = (),
+    loss_terms: Sequence[LossTerm] = (),
+) -> float:
+    """One pass over the shuffled training split in train mode; returns the mean training
+    loss (NLL of the training batch, the extra normalization samples excluded)."""
+    model.train()
+    fill = data.fill
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    for x, y in datasets.batches(data.train, cfg.batch_size, generator, drop_last=True):
+        if cfg.extra_norm_samples:
+            extra = torch.randint(len(data.train), (cfg.extra_norm_samples,), generator=generator)
+            x = torch.cat([x, data.train.x[extra]])
+        if cfg.augment:
+            x = augment_batch(x, fill, generator)
+        y = y.to(device)
+        loss = nll_loss(model(x.to(device))[: len(y)], y)
+        objective = loss
+        for term in loss_terms:
+            objective = objective + term(model)
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        for hook in after_step:
+            hook(model)
+        loss_sum += loss.detach()
+        steps += 1
+    return (loss_sum / max(steps, 1)).item()
+
+
+def augment_batch(x: Tensor, fill: Tensor, generator: torch.Generator) -> Tensor:
+    """The paper's augmentation: translation by up to 2 px and a horizontal flip."""
+    return datasets.augment(x, fill, generator, shift=2)
+
+
+def epoch_metrics(
+    model: nn.Module, data: datasets.Splits, cfg: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    """Eval-mode loss on a fixed training subset (the same weights as the train-mode loss,
+    paper Fig. 1) and validation loss and accuracy."""
+    row = {}
+    if cfg.eval_train_size:
+        row["train_eval_loss"], row["train_eval_acc"] = loss_and_accuracy(
+            model, data.train.head(cfg.eval_train_size), batch_size=cfg.eval_batch_size,
+            device=device,
+        )  # fmt: skip
+    row["val_loss"], row["val_acc"] = loss_and_accuracy(
+        model, data.val, batch_size=cfg.eval_batch_size, device=device
+    )
+    return row
+
+
+def final_metrics(
+    model: nn.Module, data: datasets.Splits, cfg: TrainConfig, device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Accuracy, NLL, ECE and Brier of the eval-mode model on validation and test sets."""
+    out = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        probs = predict_probs(model, split, batch_size=cfg.eval_batch_size, device=device)
+        out[name] = metrics.summary(probs, split.y)
+    return out
+
+
+def load_run(
+    path: str | Path, *, device: str | torch.device | None = "cpu"
+) -> tuple[TrainConfig, datasets.Splits, nn.Module]:
+    """The configuration, data splits and trained model (from the checkpoint, in eval mode)
+    of the run directory `path`."""
+    run = RunDir(path)
+    cfg = run.config()
+    state = run.checkpoint()
+    data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+    model = AllCNN(
+        data.in_channels, data.num_classes, width=cfg.width, norm=cfg.norm, padding=cfg.padding
+    )
+    model.load_state_dict(state["model"])
+    return cfg, data, model.to(resolve_device(device)).eval()
+
+
+def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
+    if resume:
+        saved = run.config()
+        if saved != cfg:
+            raise RunDirError(f"{run.path}: the config differs from the one the run started with")
+        if not run.checkpoint_path.exists():
+            raise RunDirError(f"{run.path}: no checkpoint to resume from; start the run anew")
+        return
+    if run.path.exists() and any(run.path.iterdir()):
+        raise RunDirError(
+            f"{run.path} is not empty; pass --resume to continue it or choose another --out"
+        )
+    save_json(cfg.to_dict(), run.config_path)
+
+
+def _describe(data: datasets.Splits) -> dict[str, Any]:
+    return {
+        "dataset": data.name, "source": data.source, "train": len(data.train),
+        "val": len(data.val), "test": len(data.test), "mean": data.mean, "std": data.std,
+    }  # fmt: skip
