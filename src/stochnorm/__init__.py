@@ -13,7 +13,7 @@ from . import data, metrics
 from .config import PROFILES, TrainConfig
 from .errors import ConfigError, DataError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
-from .lr_find import lr_find
+from .lr_search import lr_find
 from .models import AllCNN
 from .norms import Norm, make_norm
 from .train import TrainResult, load_run, train

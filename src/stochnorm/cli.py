@@ -133,7 +133,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .checkpoint import save_json
-    from .lr_find import lr_find
+    from .lr_search import lr_find
 
     cfg = _config(args)
     result = lr_find(

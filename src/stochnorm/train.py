@@ -126,14 +126,16 @@ def train(
         generator = torch.Generator().manual_seed(seed)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(epoch)
-        train_loss = train_epoch(
+        train_loss, objective = train_epoch(
             model, optimizer, data, cfg, generator, device, after_step=after_step,
             loss_terms=loss_terms,
         )  # fmt: skip
-        if not math.isfinite(train_loss):
+        if not (math.isfinite(train_loss) and math.isfinite(objective)):
             diverged = True
             break
         row = {"epoch": epoch + 1, "lr": cfg.lr_at(epoch), "train_loss": train_loss}
+        if loss_terms:
+            row["train_objective"] = objective
         if evaluate:
             row.update(epoch_metrics(model, data, cfg, device))
         row["seconds"] = time.perf_counter() - started
@@ -172,12 +174,14 @@ def train_epoch(
     *,
     after_step: Sequence[AfterStep] = (),
     loss_terms: Sequence[LossTerm] = (),
-) -> float:
-    """One pass over the shuffled training split in train mode; returns the mean training
-    loss (NLL of the training batch, the extra normalization samples excluded)."""
+) -> tuple[float, float]:
+    """One pass over the shuffled training split in train mode. Returns the mean training
+    loss (NLL of the training batch, the extra normalization samples excluded) and the mean
+    objective (the loss plus the extra loss terms)."""
     model.train()
     fill = data.fill
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    objective_sum = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
     for x, y in datasets.batches(data.train, cfg.batch_size, generator, drop_last=True):
         if cfg.extra_norm_samples:
@@ -196,8 +200,10 @@ def train_epoch(
         for hook in after_step:
             hook(model)
         loss_sum += loss.detach()
+        objective_sum += objective.detach()
         steps += 1
-    return (loss_sum / max(steps, 1)).item()
+    steps = max(steps, 1)
+    return (loss_sum / steps).item(), (objective_sum / steps).item()
 
 
 def augment_batch(x: Tensor, fill: Tensor, generator: torch.Generator) -> Tensor:

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from stochnorm import PROFILES, ConfigError, TrainConfig
+
+
+def test_gamma_reaches_a_tenth_after_decay_epochs():
+    cfg = TrainConfig(lr=0.2, lr_decay_epochs=600, epochs=1200)
+    assert cfg.gamma**600 == pytest.approx(0.1, rel=1e-12)
+    assert cfg.lr_at(0) == 0.2
+    assert cfg.lr_at(600) == pytest.approx(0.02, rel=1e-12)
+    assert cfg.lr_at(1200) == pytest.approx(0.002, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"width": 0}, "width"),
+        ({"width": float("nan")}, "width"),
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0}, "lr"),
+        ({"subset": 1.5}, "subset"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"norm_batch": 16}, "norm_batch"),
+        ({"dataset": "nope"}, "unknown dataset"),
+        ({"norm": "layer"}, "unknown norm"),
+        ({"momentum": 1.0}, "momentum"),
+    ],
+)
+def test_bad_values_name_the_problem(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_norm_batch_counts_the_extra_samples():
+    assert TrainConfig().extra_norm_samples == 0
+    assert TrainConfig(batch_size=32, norm_batch=1024).extra_norm_samples == 992
+
+
+def test_profiles_and_overrides():
+    quick = TrainConfig.from_profile("quick")
+    assert (quick.width, quick.subset, quick.epochs) == (1 / 3, 0.1, 60)
+    assert quick.profile == "quick"
+    assert TrainConfig.from_profile("quick", lr=0.3, epochs=None).lr == 0.3
+    full = TrainConfig.from_profile("full")
+    assert full.gamma**600 == pytest.approx(0.1) and full.epochs == 1200 and full.width == 1
+    assert set(PROFILES) == {"demo", "quick", "quick-full", "full"}
+    with pytest.raises(ConfigError, match="unknown profile"):
+        TrainConfig.from_profile("huge")
+
+
+def test_json_round_trip(tmp_path):
+    cfg = TrainConfig.from_profile("demo", norm="none", norm_batch=64)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert TrainConfig.load(path) == cfg
+    path.write_text(json.dumps({**cfg.to_dict(), "dropout": 0.5}))
+    with pytest.raises(ConfigError, match="dropout"):
+        TrainConfig.load(path)

@@ -1,0 +1,130 @@
+import json
+import math
+
+import pytest
+import torch
+
+from stochnorm import RunDirError, TrainConfig, load_run, train
+from stochnorm.runs import RunDir
+
+TINY = dict(width=0.1, epochs=2, lr=0.05, lr_decay_epochs=2, eval_train_size=64)
+
+
+def _strip_times(metrics):
+    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["history"]]
+    return rows, metrics.get("final")
+
+
+def test_run_directory_contents(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**TINY)
+    result = train(cfg, tmp_path / "run", data=tiny_fashion, progress=False)
+    run = RunDir(tmp_path / "run")
+    assert run.config() == cfg
+    saved = json.loads(run.metrics_path.read_text())
+    assert saved["complete"] and not saved["diverged"]
+    assert [r["epoch"] for r in saved["history"]] == [1, 2]
+    assert saved["history"][1]["lr"] == pytest.approx(0.05 * 0.1**0.5)
+    for key in ("train_loss", "train_eval_loss", "val_loss", "val_acc"):
+        assert math.isfinite(saved["history"][-1][key])
+    assert set(saved["final"]) == {"val", "test"}
+    assert set(saved["final"]["test"]) == {"accuracy", "nll", "ece", "brier"}
+    assert saved["provenance"]["torch"] == torch.__version__
+    assert run.curves_path.stat().st_size > 10_000  # a real PNG
+    assert result.metrics["final"] == saved["final"]
+    # the checkpoint holds the final model: reloading reproduces the test metrics
+    _, _, model = load_run(run.path)
+    for a, b in zip(model.state_dict().values(), result.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_training_reduces_the_loss(tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 4, "eval_train_size": 256})
+    history = train(cfg, data=tiny_fashion, progress=False).metrics["history"]
+    assert history[-1]["train_eval_loss"] < 0.8 * math.log(10)  # chance is log(10) = 2.30
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_resume_after_a_crash_ends_with_the_same_metrics(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    reference = train(cfg, tmp_path / "a", data=tiny_fashion, progress=False).metrics
+
+    steps = {"n": 0}
+
+    def crash_in_second_epoch(model):
+        steps["n"] += 1
+        if steps["n"] == 8 + 3:  # 256 images / 32 = 8 steps per epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", data=tiny_fashion, progress=False,
+              after_step=[crash_in_second_epoch])  # fmt: skip
+    partial = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert len(partial["history"]) == 1 and not partial["complete"]
+    resumed = train(cfg, tmp_path / "b", data=tiny_fashion, progress=False, resume=True).metrics
+    assert _strip_times(resumed) == _strip_times(reference)
+
+
+def test_run_dir_guards(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    train(cfg, tmp_path / "run", data=tiny_fashion, progress=False)
+    with pytest.raises(RunDirError, match="not empty"):
+        train(cfg, tmp_path / "run", data=tiny_fashion, progress=False)
+    with pytest.raises(RunDirError, match="config differs"):
+        train(cfg.replace(lr=0.1), tmp_path / "run", data=tiny_fashion, resume=True)
+    with pytest.raises(RunDirError, match="not a run directory"):
+        train(cfg, tmp_path / "nothing", data=tiny_fashion, resume=True)
+
+
+def test_divergence_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    steps = {"n": 0}
+
+    def nan_in_second_epoch(model):
+        steps["n"] += 1
+        return torch.tensor(math.nan if steps["n"] > 8 else 0.0)
+
+    result = train(cfg, tmp_path / "run", data=tiny_fashion, progress=False,
+                   loss_terms=[nan_in_second_epoch])  # fmt: skip
+    m = result.metrics
+    assert m["diverged"] and not m["complete"] and len(m["history"]) == 1
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert math.isfinite(m["final"]["test"]["nll"])  # evaluated with the last good weights
+    saved = RunDir(tmp_path / "run").checkpoint()
+    assert len(saved["history"]) == 1
+
+
+def test_extension_points_are_called(tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    seen = {"after": 0, "term": 0}
+
+    def after(model):
+        seen["after"] += 1
+
+    def term(model):
+        seen["term"] += 1
+        return sum(p.pow(2).sum() for p in model.parameters()) * 0.0
+
+    train(cfg, data=tiny_fashion, progress=False, after_step=[after], loss_terms=[term])
+    assert seen == {"after": 8, "term": 8}
+
+
+def test_norm_batch_feeds_extra_samples_to_the_statistics(tiny_fashion):
+    seen = []
+
+    def record(module, inputs):
+        if module.training and isinstance(module, torch.nn.BatchNorm2d):
+            seen.append(len(inputs[0]))
+
+    base = TrainConfig(**{**TINY, "epochs": 1, "eval_train_size": 0})
+    losses = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        for norm_batch in (None, 96):
+            seen.clear()
+            cfg = base.replace(norm_batch=norm_batch)
+            result = train(cfg, data=tiny_fashion, progress=False, evaluate=False)
+            assert set(seen) == {norm_batch or 32}  # every BN layer, every step
+            losses.append(result.metrics["history"][0]["train_loss"])
+    finally:
+        handle.remove()
+    assert losses[0] != losses[1]
