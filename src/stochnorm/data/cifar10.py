@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +51,17 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _read_batch(tar: tarfile.TarFile, member: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         f = tar.extractfile(member)
-        if f is None:
-            raise KeyError(member)
+    except KeyError:
+        raise DataError(f"{path}: member {member} missing; the tarball is incomplete") from None
+    if f is None:
+        raise DataError(f"{path}: member {member} is not a file; the tarball is corrupt")
+    try:
         batch = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
         x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(batch[b"labels"], dtype=np.int64)
     except KeyError as exc:
-        raise DataError(f"{path}: member {exc} missing; the tarball is incomplete") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: {member} lacks the entry {exc}; the tarball is corrupt") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read {member} ({exc}); the tarball is corrupt") from None
     return x, y
 
@@ -87,7 +91,7 @@ def load(download_missing: bool = True) -> RawDataset:
         with tarfile.open(path, "r:gz") as tar:
             train = [_read_batch(tar, m, path) for m in TRAIN_MEMBERS]
             test_x, test_y = _read_batch(tar, TEST_MEMBER, path)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read the tarball ({exc}); {HOW_TO_GET}") from None
     return RawDataset.checked(
         name=NAME,

@@ -1,0 +1,102 @@
+"""The command line as a user meets it: every command end to end on a little real data,
+and one-line errors (no traceback, non-zero exit) for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stochnorm.cli import main
+from stochnorm.data import fashion_mnist
+from stochnorm.data.idx import write_idx
+
+SMALL = ["--profile", "demo", "--width", "0.1", "--subset", "0.005", "--epochs", "1",
+         "--eval-train-size", "50", "--no-progress"]  # fmt: skip
+
+
+def _one_line_error(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and needle in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["train", "--width", "0"], "width must be > 0"),
+        (["train", "--epochs", "-1"], "epochs must be >= 1"),
+        (["train", "--epochs", "many"], "'many' is not a valid int"),
+        (["train", "--norm", "group"], "unknown norm 'group'"),
+        (["train", "--profile", "huge"], "invalid choice"),
+        (["lr-find", "--lr-min", "1", "--lr-max", "0.1"], "lr_min < lr_max"),
+        (["evaluate", "/nonexistent/run"], "not a run directory"),
+        (["report", "/nonexistent/run"], "not a run directory"),
+        (["train", "--resume"], "--resume needs --out"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_line_error(capsys, argv, needle):
+    _one_line_error(capsys, argv, needle)
+
+
+def test_not_a_run_directory(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    _one_line_error(capsys, ["evaluate", str(tmp_path)], "no config.json")
+    _one_line_error(capsys, ["train", "--out", str(tmp_path), "--resume"], "no config.json")
+
+
+def test_truncated_idx_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("STOCHNORM_DATA", str(tmp_path))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path / "none"))
+    import numpy as np
+
+    for name in fashion_mnist.FILES:
+        n = 20
+        write_idx(tmp_path / name, np.zeros((n, 28, 28) if "images" in name else (n,), np.uint8))
+    broken = tmp_path / "train-images-idx3-ubyte.gz"
+    broken.write_bytes(broken.read_bytes()[:-30])
+    _one_line_error(capsys, ["train", *SMALL, "--out", str(tmp_path / "run")], str(broken))
+
+
+def test_train_evaluate_report_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "test: accuracy" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"]["train"] == 270 and metrics["data"]["val"] == 6000
+    assert main(["evaluate", str(run)]) == 0
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["metrics"]["test"] == pytest.approx(metrics["final"]["test"])
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| run |" in report and f"{100 * metrics['final']['test']['accuracy']:.2f}" in report
+    assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
+    # a finished run can be "resumed": nothing left to train, same metrics
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["final"] == metrics["final"]
+
+
+def test_data_command_finds_fashion_mnist(capsys):
+    assert main(["data", "fashion-mnist"]) == 0
+    assert "60000 training and 10000 test images" in capsys.readouterr().out
+
+
+def test_help_documents_every_flag():
+    for command in ("train", "evaluate", "lr-find", "report", "demo", "data"):
+        text = subprocess.run(
+            [sys.executable, "-m", "stochnorm.cli", command, "--help"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        flags = [w.strip(",") for w in text.split() if w.startswith("--")]
+        for flag in set(flags) - {"--help"}:
+            # every flag line carries a description after it
+            line = next(ln for ln in text.splitlines() if flag in ln)
+            following = text.splitlines()[text.splitlines().index(line) + 1]
+            assert len(line.split()) > 2 or following.startswith(" " * 10), (command, flag)
