@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # fast; any torch >= 2.1 works: `make TORCH=torch demo` takes the newest.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint data setup clean
+.PHONY: demo test lint data setup clean results-quick
+.SECONDARY:
 
 demo: setup data
 	$(BIN)/stochnorm demo --out runs/demo
@@ -38,3 +39,21 @@ data: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The committed quick-profile baselines (results/quick): the paper's learning-rate search
+# per normalization, then a 60-epoch run with the rate found, then the report.
+QUICK := results/quick
+$(QUICK)/lr-find-%.json: | setup data
+	$(BIN)/stochnorm lr-find --profile quick --norm $* --no-progress --out $@
+
+$(QUICK)/%/metrics.json: $(QUICK)/lr-find-%.json
+	if [ -f $(QUICK)/$*/checkpoint.pt ]; then \
+	  $(BIN)/stochnorm train --out $(QUICK)/$* --resume --no-progress; \
+	else \
+	  $(BIN)/stochnorm train --profile quick --norm $* --no-progress --out $(QUICK)/$* \
+	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$<'))['lr'])"); \
+	fi
+
+results-quick: $(QUICK)/batch/metrics.json $(QUICK)/none/metrics.json
+	$(BIN)/stochnorm report $(QUICK)/batch $(QUICK)/none --out $(QUICK) \
+	  --title "Quick profile: batch norm vs no normalization (Fashion-MNIST)"

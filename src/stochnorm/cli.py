@@ -14,7 +14,9 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
     "--norm": ("norm", str, "normalization after every conv: none or batch"),
     "--width": ("width", float, "channel multiplier of All-CNN-C (1 = the paper's network)"),
-    "--padding": ("padding", int, "zero padding of the 3x3 convs (0 = the paper's sizes)"),
+    "--padding": (
+        "padding", int, "zero padding of the first six convs (1 = Springenberg's All-CNN-C)",
+    ),
     "--subset": ("subset", float, "fraction of the training split to train on, in (0, 1]"),
     "--epochs": ("epochs", int, "number of epochs"),
     "--lr": ("lr", float, "initial learning rate (find one with `stochnorm lr-find`)"),

@@ -29,7 +29,7 @@ class TrainConfig:
     dataset: str = Dataset.FASHION_MNIST.value
     norm: str = Norm.BATCH.value
     width: float = 1 / 3
-    padding: int = 0
+    padding: int = 1
     subset: float = 1.0
     epochs: int = 60
     lr: float = 0.05
@@ -127,4 +127,4 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 # Epochs of one learning-rate candidate in `lr-find` (the paper: 5 of 1200 epochs).
-LR_FIND_EPOCHS = {"demo": 1, "quick": 5, "quick-full": 1, "full": 5}
+LR_FIND_EPOCHS = {"demo": 2, "quick": 5, "quick-full": 1, "full": 5}

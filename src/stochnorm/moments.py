@@ -1,0 +1,117 @@
+"""Closed-form propagation of per-channel means and variances (SPEC section 2; Shekhovtsov &
+Flach, arXiv 1803.10560 and 1803.10590).
+
+Every rule maps the moments of its input to the moments of its output, channel by channel.
+A state is a pair `(mean, var)` of tensors [C]. The papers' assumptions: the units entering
+a linear map are independent, and a pre-activation is Gaussian. The rules are
+differentiable, so statistics computed with them can take part in training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _normal_cdf(t: Tensor) -> Tensor:
+    # erfc keeps the lower tail accurate (1 + erf cancels for t << 0)
+    return 0.5 * torch.erfc(-t / _SQRT2)
+
+
+def _normal_pdf(t: Tensor) -> Tensor:
+    return _INV_SQRT_2PI * torch.exp(-0.5 * t * t)
+
+
+def leaky_relu(mean: Tensor, var: Tensor, negative_slope: float = 0.01) -> tuple[Tensor, Tensor]:
+    """Moments of `max(x, a x)` (a = negative_slope; a = 0 is ReLU) for x ~ N(m, v):
+
+        E[y]   = m (Phi(t) + a Phi(-t)) + (1 - a) sd phi(t)
+        Var[y] = E[y^2] - E[y]^2,  E[y^2] = (m^2 + v)(Phi(t) + a^2 Phi(-t)) + (1 - a^2) m sd phi(t)
+
+    with sd = sqrt(v), t = m / sd. The variance is evaluated in the equivalent form
+
+        Var[y] = v (a^2 + 2 a (1 - a) Phi(t) + (1 - a)^2 r(t)),
+        r(t)   = Var[relu(z)] for z ~ N(t, 1) = t^2 Phi(t) Phi(-t) + Phi(t) + t phi(t) (1 - 2 Phi(t)) - phi(t)^2,
+
+    (from y = a x + (1 - a) relu(x) and Cov(x, relu(x)) = v Phi(t)), which avoids the
+    cancellation of E[y^2] - E[y]^2 when |m| >> sd (in float32 it loses all digits at
+    m / sd ~ 100). As v -> 0 the rule tends to the leaky ReLU of m with variance 0.
+    """
+    a = negative_slope
+    var = var.clamp_min(0.0)
+    sd = var.sqrt()
+    # Phi(40) = 1 and phi(40) = 0 in float64; clamping keeps t^2 finite where sd = 0
+    t = (mean / sd.clamp_min(torch.finfo(mean.dtype).tiny)).clamp(-40.0, 40.0)
+    cdf, cdf_neg, pdf = _normal_cdf(t), _normal_cdf(-t), _normal_pdf(t)
+    mean_out = mean * (cdf + a * cdf_neg) + (1 - a) * sd * pdf
+    r = (t * t * cdf * cdf_neg + cdf + t * pdf * (cdf_neg - cdf) - pdf * pdf).clamp_min(0.0)
+    var_out = var * (a * a + 2 * a * (1 - a) * cdf + (1 - a) ** 2 * r)
+    return mean_out, var_out
+
+
+def relu(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """Moments of `max(x, 0)` for x ~ N(mean, var): `leaky_relu` with slope 0."""
+    return leaky_relu(mean, var, 0.0)
+
+
+def linear(
+    mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Moments of the outputs of a conv or linear layer with independent inputs:
+
+        mean_out[o] = sum_{c,k} W[o,c,k] mean[c] + a[o],   var_out[o] = sum_{c,k} W[o,c,k]^2 var[c]
+
+    `weight` is [O, C] (linear) or [O, C/groups, k1, k2, ...] (conv); zero padding at the
+    borders and spatial correlation are ignored. A linear layer may take more inputs than
+    there are channels (after flattening C x H x W features): each channel's moments are
+    then repeated over its H x W positions, in the order `torch.flatten` gives them.
+    """
+    channels = mean.numel()
+    if weight.ndim > 2:  # conv: sum over kernel positions, block-diagonal over groups
+        groups, rem = divmod(channels, weight.shape[1])
+        if rem or weight.shape[0] % max(groups, 1) or groups == 0:
+            raise ValueError(f"{channels} channels cannot feed a conv weight {tuple(weight.shape)}")
+        w = torch.block_diag(*weight.flatten(2).sum(2).chunk(groups))
+        w2 = torch.block_diag(*weight.pow(2).flatten(2).sum(2).chunk(groups))
+    else:
+        w, w2 = weight, weight.pow(2)
+        if weight.shape[1] != channels:
+            repeat, rem = divmod(weight.shape[1], channels)
+            if rem:
+                raise ValueError(f"{channels} channels cannot feed {weight.shape[1]} features")
+            mean, var = mean.repeat_interleave(repeat), var.repeat_interleave(repeat)
+    mean_out = w @ mean
+    return (mean_out if bias is None else mean_out + bias), w2 @ var
+
+
+def affine(mean: Tensor, var: Tensor, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Moments of `x * scale + shift` (per channel)."""
+    return mean * scale + shift, var * scale * scale
+
+
+def add(*states: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Moments of a sum of independent branches: means add, variances add."""
+    means, variances = zip(*states, strict=True)
+    return sum(means), sum(variances)
+
+
+def average_pool(
+    mean: Tensor, var: Tensor, window: int, correlation: str = "full"
+) -> tuple[Tensor, Tensor]:
+    """Moments of the average of `window` values of one channel (k x k pooling: window = k^2;
+    global pooling: window = H * W). The mean is unchanged. The variance is unchanged if the
+    pooled values are perfectly correlated (`correlation="full"`) and divided by `window` if
+    they are independent (`"none"`). Neither holds in a real network: our default is "full"
+    (neighbouring activations are strongly correlated), an approximation measured against
+    true statistics in the lab.
+    """
+    if correlation == "full":
+        return mean, var
+    if correlation == "none":
+        return mean, var / window
+    raise ValueError(f"correlation must be 'full' or 'none', got {correlation!r}")

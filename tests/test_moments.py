@@ -1,0 +1,189 @@
+"""Moment rules against independent computations: Monte-Carlo with 10^6 samples, numerical
+integration (scipy's quad) and limits, including extreme means, variances and slopes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+from scipy.stats import norm as normal
+
+from stochnorm import moments
+
+MC = 1_000_000
+
+
+def _mc_check(samples: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, z: float = 5.0):
+    """The rule's mean and variance lie within z standard errors of the sample estimates."""
+    samples = samples.double()
+    n = samples.shape[0]
+    est_mean, est_var = samples.mean(0), samples.var(0)
+    se_mean = (est_var / n).sqrt()
+    # standard error of a sample variance: sqrt((m4 - var^2) / n)
+    m4 = ((samples - est_mean) ** 4).mean(0)
+    se_var = ((m4 - est_var**2).clamp_min(0) / n).sqrt()
+    assert torch.all((mean.double() - est_mean).abs() <= z * se_mean + 1e-9), (mean, est_mean)
+    assert torch.all((var.double() - est_var).abs() <= z * se_var + 1e-9), (var, est_var)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.3])
+def test_leaky_relu_against_monte_carlo(slope):
+    g = torch.Generator().manual_seed(1)
+    mean = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.5, 4.0], dtype=torch.float64)
+    var = torch.tensor([1.0, 0.2, 2.0, 1.0, 0.5, 9.0], dtype=torch.float64)
+    x = mean + var.sqrt() * torch.randn(MC, len(mean), generator=g, dtype=torch.float64)
+    y = torch.nn.functional.leaky_relu(x, slope)
+    _mc_check(y, *moments.leaky_relu(mean, var, slope))
+
+
+def _quad_moments(m: float, sd: float, a: float) -> tuple[float, float]:
+    """E[y], Var[y] for y = leaky_relu(x), x ~ N(m, sd^2), by adaptive quadrature over
+    [m - 12 sd, m + 12 sd], split at the kink."""
+    lo, hi = m - 12 * sd, m + 12 * sd
+    cuts = [lo] + ([0.0] if lo < 0 < hi else []) + [hi]
+
+    def moment(k):
+        f = lambda x: (x if x > 0 else a * x) ** k * normal.pdf(x, m, sd)  # noqa: E731
+        return sum(integrate.quad(f, u, v, epsabs=0, epsrel=1e-11, limit=200)[0]
+                   for u, v in zip(cuts, cuts[1:]))  # fmt: skip
+
+    first = moment(1)
+    return first, moment(2) - first**2
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    m=st.floats(-30, 30),
+    log_sd=st.floats(-3, 1.5),
+    a=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]) | st.floats(0, 1),
+)
+def test_leaky_relu_against_quadrature(m, log_sd, a):
+    sd = 10.0**log_sd
+    got_mean, got_var = moments.leaky_relu(
+        torch.tensor([m], dtype=torch.float64), torch.tensor([sd * sd], dtype=torch.float64), a
+    )
+    ref_mean, ref_var = _quad_moments(m, sd, a)
+    scale = abs(m) + sd
+    assert got_mean.item() == pytest.approx(ref_mean, abs=1e-8 * scale)
+    assert got_var.item() == pytest.approx(max(ref_var, 0.0), abs=1e-7 * scale**2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    m=st.floats(-1e4, 1e4), a=st.floats(0, 1), dtype=st.sampled_from([torch.float32, torch.float64])
+)
+def test_leaky_relu_zero_variance_limit(m, a, dtype):
+    mean = torch.tensor([m], dtype=dtype)
+    for var in (torch.zeros(1, dtype=dtype), torch.full((1,), 1e-20, dtype=dtype)):
+        out_mean, out_var = moments.leaky_relu(mean, var, a)
+        expected = m if m > 0 else a * m
+        assert out_mean.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert 0 <= out_var.item() <= 1e-6 * max(1.0, m * m)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    m=st.floats(-1e3, 1e3), log_v=st.floats(-12, 8), a=st.floats(0, 1),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)  # fmt: skip
+def test_leaky_relu_properties_and_finite_gradients(m, log_v, a, dtype):
+    mean = torch.tensor([m], dtype=dtype, requires_grad=True)
+    var = torch.tensor([10.0**log_v], dtype=dtype, requires_grad=True)
+    out_mean, out_var = moments.leaky_relu(mean, var, a)
+    # a 1-Lipschitz map cannot increase the variance, and E[y] lies between a*m and |m|+sd
+    assert out_var.item() <= var.item() * (1 + 1e-4) + 1e-6
+    assert torch.isfinite(out_mean).all() and torch.isfinite(out_var).all()
+    (out_mean + out_var).sum().backward()
+    assert torch.isfinite(mean.grad).all() and torch.isfinite(var.grad).all()
+
+
+def test_slope_one_is_identity_and_relu_is_slope_zero():
+    mean, var = torch.tensor([-1.0, 2.0]), torch.tensor([0.5, 3.0])
+    m1, v1 = moments.leaky_relu(mean, var, 1.0)
+    assert torch.allclose(m1, mean, atol=1e-6) and torch.allclose(v1, var, atol=1e-5)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(moments.relu(mean, var), moments.leaky_relu(mean, var, 0.0))
+    )
+
+
+def test_relu_of_standard_normal_closed_form():
+    m, v = moments.relu(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    assert m.item() == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-12)
+    assert v.item() == pytest.approx(0.5 - 1 / (2 * math.pi), rel=1e-12)
+
+
+def _independent_inputs(mean, var, n, shape, g):
+    """Independent inputs per channel and position: a mix of Gaussian and uniform channels."""
+    c = len(mean)
+    z = torch.randn(n, c, *shape, generator=g, dtype=torch.float64)
+    z[:, ::2] = (
+        torch.rand(n, (c + 1) // 2, *shape, generator=g, dtype=torch.float64) - 0.5
+    ) * math.sqrt(12)
+    view = (1, c) + (1,) * len(shape)
+    return mean.view(view) + var.sqrt().view(view) * z
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_moments_against_monte_carlo(groups):
+    g = torch.Generator().manual_seed(2)
+    c, o = 4, 6
+    mean = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    var = torch.tensor([1.0, 0.25, 4.0, 2.0], dtype=torch.float64)
+    weight = torch.randn(o, c // groups, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(o, generator=g, dtype=torch.float64)
+    x = _independent_inputs(mean, var, MC, (3, 3), g)
+    y = torch.nn.functional.conv2d(x, weight, bias, groups=groups).flatten(1)  # 1x1 outputs
+    _mc_check(y, *moments.linear(mean, var, weight, bias))
+
+
+def test_linear_after_flatten_repeats_channel_moments():
+    g = torch.Generator().manual_seed(3)
+    mean = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    var = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    weight = torch.randn(3, 2 * 4, generator=g, dtype=torch.float64)  # 2 channels x 2x2
+    x = _independent_inputs(mean, var, MC, (2, 2), g)
+    y = torch.nn.functional.linear(x.flatten(1), weight)
+    _mc_check(y, *moments.linear(mean, var, weight))
+    with pytest.raises(ValueError, match="cannot feed"):
+        moments.linear(mean, var, torch.randn(3, 5))
+
+
+def test_average_pool_choices_match_their_assumptions():
+    g = torch.Generator().manual_seed(4)
+    mean, var = (
+        torch.tensor([1.0, -0.5], dtype=torch.float64),
+        torch.tensor([2.0, 0.5], dtype=torch.float64),
+    )
+    iid = _independent_inputs(mean, var, MC, (3, 3), g)
+    _mc_check(iid.mean((2, 3)), *moments.average_pool(mean, var, 9, "none"))
+    constant = iid[:, :, :1, :1].expand_as(iid)  # perfectly correlated positions
+    _mc_check(constant.mean((2, 3)), *moments.average_pool(mean, var, 9, "full"))
+    with pytest.raises(ValueError, match="correlation"):
+        moments.average_pool(mean, var, 9, "some")
+
+
+def test_affine_and_add_against_monte_carlo():
+    g = torch.Generator().manual_seed(5)
+    mean, var = (
+        torch.tensor([1.0, -0.5], dtype=torch.float64),
+        torch.tensor([2.0, 0.5], dtype=torch.float64),
+    )
+    x1 = _independent_inputs(mean, var, MC, (), g)
+    x2 = _independent_inputs(mean * 2, var * 3, MC, (), g)
+    scale, shift = (
+        torch.tensor([2.0, -3.0], dtype=torch.float64),
+        torch.tensor([0.5, 1.0], dtype=torch.float64),
+    )
+    _mc_check(x1 * scale + shift, *moments.affine(mean, var, scale, shift))
+    _mc_check(x1 + x2, *moments.add((mean, var), (mean * 2, var * 3)))
+
+
+def test_float32_lower_tail_has_no_cancellation():
+    # Phi(t) for t = -30 underflows gracefully with erfc; 1 + erf(t / sqrt 2) would give 0 - 0
+    m, v = moments.leaky_relu(torch.tensor([-30.0]), torch.tensor([1.0]), 0.0)
+    assert m.item() >= 0 and m.item() < 1e-100 or m.item() == 0.0
+    assert np.isfinite(v.item())
