@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from stochnorm import AllCNN, ConfigError, data_dependent_init_
+from stochnorm.norms import BatchNorm, normalizations
 
 
 def _convs(model):
@@ -16,8 +17,9 @@ def test_allcnn_structure_matches_appendix_a1():
     assert [c.kernel_size[0] for c in convs] == [3] * 7 + [1, 1]
     assert [c.stride[0] for c in convs] == [1, 1, 2, 1, 1, 2, 1, 1, 1]
     assert all(c.bias is None for c in convs)  # redundant before batch norm
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(bns) == 9
+    bns = normalizations(model)
+    assert len(bns) == 9 and all(isinstance(b, BatchNorm) for b in bns)
+    assert [b.layer for b in bns] == convs
     acts = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
     assert len(acts) == 8 and all(a.negative_slope == 0.01 for a in acts)
 
@@ -73,5 +75,25 @@ def test_data_dependent_init_standardizes_every_layer():
 
 
 def test_data_dependent_init_needs_biases():
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.ReLU())
     with pytest.raises(ValueError, match="bias"):
-        data_dependent_init_(AllCNN(1, 10, width=0.1, norm="batch"), torch.randn(4, 1, 28, 28))
+        data_dependent_init_(plain, torch.randn(4, 1, 28, 28))
+
+
+def test_data_dependent_init_of_weight_norm_sets_the_affine():
+    torch.manual_seed(1)
+    model = AllCNN(1, 10, width=0.25, norm="weight")
+    x = torch.randn(128, 1, 28, 28) * 2 - 1
+    convs_before = [c.weight.clone() for c in _convs(model)]
+    data_dependent_init_(model, x)
+    assert all(torch.equal(a, c.weight) for a, c in zip(convs_before, _convs(model), strict=True))
+    outputs = []
+    for norm in normalizations(model):
+        norm.register_forward_hook(lambda m, i, o: outputs.append(o))
+    with torch.no_grad():
+        model.eval()(x)
+    for out in outputs:
+        assert torch.allclose(out.mean((0, 2, 3)), torch.zeros(out.shape[1]), atol=1e-4)
+        assert torch.allclose(
+            out.std((0, 2, 3), unbiased=False), torch.ones(out.shape[1]), atol=1e-3
+        )

@@ -48,7 +48,7 @@ def _quad_moments(m: float, sd: float, a: float) -> tuple[float, float]:
     def moment(k):
         f = lambda x: (x if x > 0 else a * x) ** k * normal.pdf(x, m, sd)  # noqa: E731
         return sum(integrate.quad(f, u, v, epsabs=0, epsrel=1e-11, limit=200)[0]
-                   for u, v in zip(cuts, cuts[1:]))  # fmt: skip
+                   for u, v in zip(cuts, cuts[1:], strict=False))  # fmt: skip
 
     first = moment(1)
     return first, moment(2) - first**2
@@ -106,7 +106,7 @@ def test_slope_one_is_identity_and_relu_is_slope_zero():
     assert torch.allclose(m1, mean, atol=1e-6) and torch.allclose(v1, var, atol=1e-5)
     assert all(
         torch.equal(p, q)
-        for p, q in zip(moments.relu(mean, var), moments.leaky_relu(mean, var, 0.0))
+        for p, q in zip(moments.relu(mean, var), moments.leaky_relu(mean, var, 0.0), strict=False)
     )
 
 

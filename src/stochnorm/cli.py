@@ -12,7 +12,7 @@ from .errors import ConfigError, StochnormError
 
 CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
-    "--norm": ("norm", str, "normalization after every conv: none or batch"),
+    "--norm": ("norm", str, "normalization after every conv: none, batch, weight, analytic"),
     "--width": ("width", float, "channel multiplier of All-CNN-C (1 = the paper's network)"),
     "--padding": (
         "padding", int, "zero padding of the first six convs (1 = Springenberg's All-CNN-C)",
@@ -72,7 +72,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--data-init", action=argparse.BooleanOptionalAction, default=None,
-        help="data-dependent initialization of the plain network (on)",
+        help="data-dependent initialization of the plain network and weight norm (on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--project", action=argparse.BooleanOptionalAction, default=None,
+        help="project scale-invariant weights onto ||w|| = 1 after every step (off)",
     )  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -80,7 +84,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
-    values.update(augment=args.augment, data_init=args.data_init)
+    values.update(augment=args.augment, data_init=args.data_init, project=args.project)
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -20,7 +20,9 @@ class TrainConfig:
 
     The learning rate in epoch k (from 0) is `lr * gamma**k`, with gamma such that the rate
     has fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200).
-    `norm_batch` is the number of samples the normalization statistics are computed over:
+    `project` keeps every scale-invariant weight at unit norm per output channel after each
+    step (section 2). `data_init` applies the data-dependent initialization of appendix A.1
+    to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
     the training batch plus `norm_batch - batch_size` other random training samples in the
     same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
     the training batch alone.
@@ -40,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     augment: bool = True
     data_init: bool = True
+    project: bool = False
     seed: int = 0
     split_seed: int = 0
     eval_train_size: int = 1000

@@ -1,23 +1,37 @@
 """Normalization layers and the one factory that maps a name to a layer.
 
-Every normalization computes main paper eq. (2), `(w·x - mu(w)) / sigma(w) * s + b`, for
-the conv/linear unit in front of it; they differ in `mu` and `sigma` only.
+Every normalization computes main paper eq. (2) for the conv/linear layer in front of it,
+
+    y = (u - mu) / sigma * s + b,    u = w·x + a  (the layer's output),
+
+and the variants differ only in how `mu` and `sigma` (one value per output channel) are
+obtained. `_Normalization` owns the affine parameters (`weight` = s, `bias` = b, named as
+in PyTorch's batch norm so that state dicts carry over) and the formula; a subclass
+implements `statistics(u)`. A normalization that needs the weights `w` of its layer (weight
+and analytic norm, projection, folding) is bound to that layer with `bind`; the reference is
+not a submodule, so parameters are not listed twice.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .errors import ConfigError
+
+Layer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 
 
 class Norm(str, Enum):
     """Normalization placed after every conv/linear layer."""
 
     NONE = "none"  # plain network (optionally with data-dependent initialization)
-    BATCH = "batch"  # batch normalization: mu, sigma over the batch and spatial positions
+    BATCH = "batch"  # mu, sigma over the batch and spatial positions; running ones in eval
+    WEIGHT = "weight"  # mu = a (the layer's bias, if any), sigma = ||w||
+    ANALYTIC = "analytic"  # mu, sigma propagated from the data's input moments (moments.py)
 
     @classmethod
     def parse(cls, name: str | Norm) -> Norm:
@@ -28,15 +42,206 @@ class Norm(str, Enum):
             raise ConfigError(f"unknown norm {name!r}; choose one of: {choices}") from None
 
 
-def make_norm(norm: str | Norm, num_features: int, *, device=None, dtype=None) -> nn.Module:
-    """The normalization layer `norm` for `num_features` channels, with affine s, b."""
+def out_features(layer: nn.Module) -> int:
+    """Output channels of a conv or output features of a linear layer."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return layer.out_channels
+    raise TypeError(f"expected a conv or linear layer, got {type(layer).__name__}")
+
+
+class _Normalization(nn.Module):
+    """Base of all normalizations: `y = (u - mu) / sigma * weight + bias` per channel
+    (dimension 1 of u), for u of shape [B, C] or [B, C, *spatial]."""
+
+    _version = 1
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, device=None, dtype=None) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
+        self.bias = nn.Parameter(torch.empty(num_features, **factory_kwargs))
+        self._bound: tuple[nn.Module, ...] = ()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def bind(self, layer: nn.Module) -> _Normalization:
+        """Attach the conv/linear layer whose output this layer normalizes."""
+        if out_features(layer) != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) cannot follow a layer with "
+                f"{out_features(layer)} outputs"
+            )
+        self._bound = (layer,)
+        return self
+
+    @property
+    def layer(self) -> nn.Module | None:
+        """The bound conv/linear layer, or None."""
+        return self._bound[0] if self._bound else None
+
+    def _require_layer(self) -> nn.Module:
+        if not self._bound:
+            raise RuntimeError(
+                f"{type(self).__name__} needs the weights of its conv/linear layer: call "
+                ".bind(layer) (models built by stochnorm and convert() do)"
+            )
+        return self._bound[0]
+
+    def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, sigma), each [C], for the layer output `u`."""
+        raise NotImplementedError
+
+    def normalize(self, u: Tensor) -> Tensor:
+        """`(u - mu) / sigma`, before the affine."""
+        mu, sigma = self.statistics(u)
+        shape = (1, -1) + (1,) * (u.ndim - 2)
+        return (u - mu.view(shape)) / sigma.view(shape)
+
+    def forward(self, u: Tensor) -> Tensor:
+        if u.ndim < 2 or u.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) got input of shape {tuple(u.shape)}"
+            )
+        shape = (1, -1) + (1,) * (u.ndim - 2)
+        return self.normalize(u) * self.weight.view(shape) + self.bias.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class BatchNorm(_Normalization):
+    """Batch normalization (Ioffe & Szegedy; main paper eq. 1 and 4): in training, mu and
+    sigma^2 are the mean and biased variance of u over the batch and spatial positions
+    (n = k·z values per channel); running averages of them (unbiased variance, as PyTorch)
+    are used in evaluation. Numerically the same as `torch.nn.BatchNorm2d`."""
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *, device=None,
+        dtype=None,
+    ) -> None:  # fmt: skip
+        self.momentum = momentum
+        super().__init__(num_features, eps, device=device, dtype=dtype)
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
+        self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1)
+        self.num_batches_tracked.zero_()
+
+    def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.training:
+            return self.running_mean, (self.running_var + self.eps).sqrt()
+        dims = [0] + list(range(2, u.ndim))
+        var, mu = torch.var_mean(u, dims, correction=0)
+        with torch.no_grad():
+            n = u.numel() // u.shape[1]
+            unbiased = var * (n / max(n - 1, 1))
+            self.running_mean.lerp_(mu, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+            self.num_batches_tracked += 1
+        return mu, (var + self.eps).sqrt()
+
+    def forward(self, u: Tensor) -> Tensor:
+        # the fused kernel computes the same as the base formula, faster
+        if u.ndim < 2 or u.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm({self.num_features}) got input of shape {tuple(u.shape)}")
+        if self.training:
+            self.num_batches_tracked += 1
+        return F.batch_norm(
+            u, self.running_mean, self.running_var, self.weight, self.bias,
+            self.training, self.momentum, self.eps,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class WeightNorm(_Normalization):
+    """Weight normalization (Salimans & Kingma) in the form of eq. (2): mu = a (the bias of
+    the bound layer, zero if it has none) and sigma = ||w|| per output channel, so that
+    y = (w·x / ||w||) * s + b. Independent of the batch; invariant to w -> c w, c > 0."""
+
+    def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        layer = self._require_layer()
+        sigma = layer.weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
+        mu = layer.bias if layer.bias is not None else torch.zeros_like(sigma)
+        return mu, sigma
+
+
+class AnalyticNorm(_Normalization):
+    """Analytic normalization (Shekhovtsov & Flach, CVWW 2018): mu and sigma are the mean and
+    standard deviation of the layer output over the training distribution, estimated by
+    propagating the data's per-channel input moments through the network in closed form
+    (`stochnorm.analytic`), from the current weights at every training step and with
+    gradients through them. The last estimates are kept as the buffers `mu`, `sigma` and used
+    in evaluation. The output for one sample never depends on the other samples."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, device=device, dtype=dtype)
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.register_buffer("mu", torch.zeros(num_features, **factory_kwargs))
+        self.register_buffer("sigma", torch.ones(num_features, **factory_kwargs))
+        self._current: tuple[Tensor, Tensor] | None = None
+
+    def set_statistics(self, mean: Tensor, var: Tensor) -> None:
+        """Receive the propagated moments of the layer output (with their gradients)."""
+        sigma = (var + self.eps).sqrt()
+        self._current = (mean, sigma)
+        with torch.no_grad():
+            self.mu.copy_(mean)
+            self.sigma.copy_(sigma)
+
+    def __getstate__(self) -> dict:
+        # the propagated statistics belong to one forward pass (and carry its graph)
+        return {**self.__dict__, "_current": None}
+
+    def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.training:
+            return self.mu, self.sigma
+        if self._current is None:
+            raise RuntimeError(
+                "AnalyticNorm has no statistics: its model must propagate moments before "
+                "each training forward (stochnorm.analytic.attach does that)"
+            )
+        return self._current
+
+
+def make_norm(
+    norm: str | Norm, num_features: int, layer: nn.Module | None = None, *, device=None,
+    dtype=None,
+) -> nn.Module:  # fmt: skip
+    """The normalization layer `norm` for `num_features` channels, bound to `layer` (the
+    conv/linear in front of it) when given. `Norm.NONE` gives `nn.Identity`."""
     norm = Norm.parse(norm)
     if norm is Norm.NONE:
         return nn.Identity()
-    return nn.BatchNorm2d(num_features, device=device, dtype=dtype)
+    module = _CLASSES[norm](num_features, device=device, dtype=dtype)
+    return module.bind(layer) if layer is not None else module
 
 
 def needs_bias(norm: str | Norm) -> bool:
     """Whether the conv/linear before `norm` needs its own bias (any mean-subtracting
     normalization makes it redundant)."""
     return Norm.parse(norm) is Norm.NONE
+
+
+def normalizations(model: nn.Module) -> list[_Normalization]:
+    """Every stochnorm normalization layer in `model`, in registration order."""
+    return [m for m in model.modules() if isinstance(m, _Normalization)]
+
+
+_CLASSES: dict[Norm, type[_Normalization]] = {
+    Norm.BATCH: BatchNorm,
+    Norm.WEIGHT: WeightNorm,
+    Norm.ANALYTIC: AnalyticNorm,
+}

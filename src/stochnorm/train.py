@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import analytic, metrics
 from . import data as datasets
-from . import metrics
 from .checkpoint import save_checkpoint, save_json
 from .config import TrainConfig
 from .errors import RunDirError
@@ -28,6 +28,7 @@ from .evaluation import loss_and_accuracy, nll_loss, predict_probs
 from .initialization import data_dependent_init_
 from .models import AllCNN
 from .norms import Norm
+from .projection import parameter_groups, project_
 from .provenance import provenance
 from .runs import RunDir
 
@@ -50,24 +51,50 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
-    """All-CNN-C for `data`, initialized from `cfg.seed` (PyTorch default init; for the
-    plain network, plus the data-dependent init on 128 training images when `data_init`)."""
-    torch.manual_seed(cfg.seed)
-    model = AllCNN(
+def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
+    """The untrained All-CNN-C of `cfg` for `data` (PyTorch's default initialization)."""
+    return AllCNN(
         data.in_channels, data.num_classes, width=cfg.width, norm=cfg.norm, padding=cfg.padding
     )
-    if Norm(cfg.norm) is Norm.NONE and cfg.data_init:
+
+
+def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
+    """All-CNN-C for `data`, initialized from `cfg.seed` as in appendix A.1: PyTorch's
+    default init; the data-dependent init on 128 training images for the plain network and
+    weight norm (`data_init`); analytic norm propagates the measured moments of the
+    augmented training inputs; with `project`, weights start on the unit sphere."""
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, data)
+    norm = Norm(cfg.norm)
+    if norm in (Norm.NONE, Norm.WEIGHT) and cfg.data_init:
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(len(data.train), generator=g)[:128]
         data_dependent_init_(model, data.train.x[idx])
+    if norm is Norm.ANALYTIC:
+        mean, var = input_moments(data, cfg)
+        analytic.attach(model, mean, var, channels=data.in_channels, size=data.train.x.shape[2:])
+    if cfg.project:
+        project_(model)
     return model
 
 
+def input_moments(
+    data: datasets.Splits, cfg: TrainConfig, count: int = 10_000
+) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and variance of the training inputs as the network sees them
+    (augmented when training augments), over up to `count` images."""
+    x = data.train.x[:count]
+    if cfg.augment:
+        x = augment_batch(x, data.fill, torch.Generator().manual_seed(cfg.seed))
+    var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
+    return mean, var
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; no weight decay on scale-invariant weights."""
     return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-        nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay,
+        parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
     )  # fmt: skip
 
 
@@ -106,6 +133,8 @@ def train(
         data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
     model = build_model(cfg, data).to(device)
     optimizer = make_optimizer(cfg, model)
+    if cfg.project:
+        after_step = [project_, *after_step]
     history: list[dict[str, float]] = []
     state = run.checkpoint() if run is not None and resume else None
     if state is not None:
@@ -248,9 +277,7 @@ def load_run(
     cfg = run.config()
     state = run.checkpoint()
     data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
-    model = AllCNN(
-        data.in_channels, data.num_classes, width=cfg.width, norm=cfg.norm, padding=cfg.padding
-    )
+    model = make_model(cfg, data)
     model.load_state_dict(state["model"])
     return cfg, data, model.to(resolve_device(device)).eval()
 

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from .. import analytic
 from ..errors import ConfigError
 from ..norms import Norm, make_norm, needs_bias
 
@@ -50,19 +51,13 @@ class AllCNN(nn.Sequential):
         channels = in_channels
         for i, (out, kernel, stride, padded) in enumerate(LAYERS, start=1):
             out = num_classes if out is None else max(1, round(out * width))
+            conv = nn.Conv2d(
+                channels, out, kernel, stride, padding=padding if padded else 0,
+                bias=needs_bias(norm),
+            )  # fmt: skip
             block = nn.Sequential()
-            block.add_module(
-                "conv",
-                nn.Conv2d(
-                    channels,
-                    out,
-                    kernel,
-                    stride,
-                    padding=padding if padded else 0,
-                    bias=needs_bias(norm),
-                ),  # fmt: skip
-            )
-            block.add_module("norm", make_norm(norm, out))
+            block.add_module("conv", conv)
+            block.add_module("norm", make_norm(norm, out, conv))
             if i < len(LAYERS):
                 block.add_module("act", nn.LeakyReLU(negative_slope))
             blocks[f"layer{i}"] = block
@@ -73,8 +68,10 @@ class AllCNN(nn.Sequential):
         super().__init__(blocks)
         self.norm = norm
         self.width = width
+        if norm is Norm.ANALYTIC:
+            analytic.attach(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4:
+        if isinstance(x, Tensor) and x.ndim != 4:  # (skipped while torch.fx traces)
             raise ValueError(f"AllCNN expects images [B, C, H, W], got shape {tuple(x.shape)}")
         return super().forward(x)

@@ -1,0 +1,210 @@
+"""Moment propagation through a whole model, for analytic normalization (SPEC section 2).
+
+The model's graph is traced once with torch.fx (normalization layers are leaves), so any
+model the converter accepts works, residual networks included, not only chains. Before
+every training forward, `MomentPropagation` walks the graph from the data's per-channel
+input moments with the rules of `stochnorm.moments` and hands each `AnalyticNorm` the mean
+and variance of its layer's output. The cost is a few small tensor operations per layer,
+independent of the batch.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn import functional as F
+
+from . import moments
+from .norms import AnalyticNorm, _Normalization
+
+State = tuple[Tensor, Tensor, tuple[int, ...]]  # mean [C], var [C], spatial size
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        return isinstance(module, _Normalization) or super().is_leaf_module(module, qualname)
+
+
+def _pair(value: Any, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, Sequence) else (value,) * n
+
+
+def _window_out(size, kernel, stride, padding, dilation=1, ceil_mode=False) -> tuple[int, ...]:
+    n = len(size)
+    kernel, stride = _pair(kernel, n), _pair(stride if stride else kernel, n)
+    padding, dilation = _pair(padding, n), _pair(dilation, n)
+    out = []
+    for s, k, st, p, d in zip(size, kernel, stride, padding, dilation, strict=True):
+        span = s + 2 * p - d * (k - 1) - 1
+        out.append((-(-span // st) if ceil_mode else span // st) + 1)
+    return tuple(out)
+
+
+class MomentPropagation:
+    """A forward pre-hook that propagates input moments through `model` in training mode.
+
+    `input_mean`, `input_var`: per-channel moments of the (standardized, augmented) training
+    inputs, [C] or scalars. `pool_correlation`: "full" (pooled values perfectly correlated:
+    the variance is unchanged by average pooling, our default) or "none" (independent: the
+    variance is divided by the window size).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_mean: Tensor | float = 0.0,
+        input_var: Tensor | float = 1.0,
+        pool_correlation: str = "full",
+    ) -> None:
+        moments.average_pool(torch.zeros(1), torch.ones(1), 1, pool_correlation)  # validates
+        self.graph = _Tracer().trace(model)
+        self.pool_correlation = pool_correlation
+        self.set_input_moments(input_mean, input_var)
+
+    def set_input_moments(self, mean: Tensor | float, var: Tensor | float) -> None:
+        self.input_mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        self.input_var = torch.as_tensor(var, dtype=torch.float32).flatten()
+
+    def __call__(self, model: nn.Module, args: tuple) -> None:
+        if model.training:
+            x = args[0]
+            self.propagate(model, channels=x.shape[1], size=tuple(x.shape[2:]))
+
+    def propagate(
+        self, model: nn.Module, channels: int, size: tuple[int, ...]
+    ) -> dict[str, State | None]:
+        """Walk the graph; set the statistics of every AnalyticNorm; return the state
+        (mean, var, spatial size) of every node by name (None where no rule applies)."""
+        param = next(model.parameters())
+        mean = self.input_mean.to(param).expand(channels)
+        var = self.input_var.to(param).expand(channels)
+        env: dict[fx.Node, State | None] = {}
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = (mean, var, size) if not env else None
+            elif node.op == "output":
+                break
+            else:
+                env[node] = self._rule(model, node, env)
+        return {node.name: state for node, state in env.items()}
+
+    def _rule(self, model: nn.Module, node: fx.Node, env: dict) -> State | None:
+        inputs = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
+        first = inputs[0] if inputs else None
+        if node.op == "call_module":
+            return self._module_rule(model.get_submodule(node.target), first, node)
+        if node.op == "call_function":
+            target = node.target
+            if target in (operator.add, operator.iadd, torch.add):
+                states = [s for s in inputs if s is not None and isinstance(s, tuple)]
+                if len(states) != 2:
+                    return None
+                (m1, v1, size), (m2, v2, _) = states
+                return (*moments.add((m1, v1), (m2, v2)), size)
+            if target in (torch.flatten,) and first is not None:
+                return first[0], first[1], ()
+            if target in (F.relu, torch.relu) and first is not None:
+                return (*moments.relu(first[0], first[1]), first[2])
+            if target is F.leaky_relu and first is not None:
+                slope = node.kwargs.get("negative_slope", inputs[1] if len(inputs) > 1 else 0.01)
+                return (*moments.leaky_relu(first[0], first[1], slope), first[2])
+            return None
+        if node.op == "call_method" and first is not None:
+            if node.target in ("flatten", "view", "reshape"):
+                return first[0], first[1], ()
+            if node.target in ("contiguous", "clone"):
+                return first
+            if node.target == "relu":
+                return (*moments.relu(first[0], first[1]), first[2])
+        return None
+
+    def _module_rule(self, module: nn.Module, state: State | None, node: fx.Node) -> State | None:
+        if state is None:
+            if isinstance(module, AnalyticNorm):
+                raise RuntimeError(
+                    f"analytic normalization at {node.target}: no moment rule for an operation "
+                    "in front of it; supported are conv, linear, (leaky) ReLU, average/max "
+                    "pooling, residual addition, flatten and normalizations"
+                )
+            return None
+        mean, var, size = state
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            out = _window_out(
+                size, module.kernel_size, module.stride, module.padding, module.dilation
+            )
+            return (*moments.linear(mean, var, module.weight, module.bias), out)
+        if isinstance(module, nn.Linear):
+            return (*moments.linear(mean, var, module.weight, module.bias), ())
+        if isinstance(module, AnalyticNorm):
+            module.set_statistics(mean, var)
+        if isinstance(module, _Normalization | nn.modules.batchnorm._BatchNorm):
+            # the normalized output has mean 0 and variance 1, then the affine s, b
+            w = module.weight if module.weight is not None else torch.ones_like(mean)
+            b = module.bias if module.bias is not None else torch.zeros_like(mean)
+            return b, w * w, size
+        if isinstance(module, nn.LeakyReLU):
+            return (*moments.leaky_relu(mean, var, module.negative_slope), size)
+        if isinstance(module, nn.ReLU):
+            return (*moments.relu(mean, var), size)
+        if isinstance(module, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d):
+            kernel = _pair(module.kernel_size, len(size))
+            out = _window_out(size, kernel, module.stride, module.padding, 1, module.ceil_mode)
+            window = int(torch.tensor(kernel).prod())
+            return (*moments.average_pool(mean, var, window, self.pool_correlation), out)
+        if isinstance(module, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d):
+            target = _pair(module.output_size, len(size))
+            out = tuple(s if t is None else t for s, t in zip(size, target, strict=True))
+            window = max(1, int(torch.tensor(size).prod()) // max(1, int(torch.tensor(out).prod())))
+            return (*moments.average_pool(mean, var, window, self.pool_correlation), out)
+        if isinstance(module, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d):
+            # under full correlation the maximum of equal values is that value
+            out = _window_out(
+                size, module.kernel_size, module.stride, module.padding, module.dilation,
+                module.ceil_mode,
+            )  # fmt: skip
+            return mean, var, out
+        if isinstance(module, nn.Flatten):
+            return mean, var, ()
+        if isinstance(module, nn.Identity | nn.Dropout | nn.Dropout2d):
+            return state
+        return None
+
+
+def attach(
+    model: nn.Module,
+    input_mean: Tensor | float = 0.0,
+    input_var: Tensor | float = 1.0,
+    *,
+    channels: int | None = None,
+    size: tuple[int, ...] | None = None,
+    pool_correlation: str = "full",
+) -> MomentPropagation:
+    """Make the AnalyticNorm layers of `model` work: register a `MomentPropagation` as a
+    forward pre-hook (replacing one attached before) and, when `channels` and `size` of the
+    input are given, run it once so the evaluation statistics are set from the start."""
+    detach(model)
+    propagation = MomentPropagation(model, input_mean, input_var, pool_correlation)
+    model.register_forward_pre_hook(propagation)
+    if channels is not None and size is not None:
+        with torch.no_grad():
+            propagation.propagate(model, channels, size)
+    return propagation
+
+
+def propagation_of(model: nn.Module) -> MomentPropagation | None:
+    """The MomentPropagation attached to `model`, if any."""
+    for hook in model._forward_pre_hooks.values():
+        if isinstance(hook, MomentPropagation):
+            return hook
+    return None
+
+
+def detach(model: nn.Module) -> None:
+    """Remove the moment propagation from `model` (as `fold` does)."""
+    for key, hook in list(model._forward_pre_hooks.items()):
+        if isinstance(hook, MomentPropagation):
+            del model._forward_pre_hooks[key]

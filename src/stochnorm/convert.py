@@ -1,0 +1,138 @@
+"""Swap normalizations in any model (`convert`) and fold them away for inference (`fold`).
+
+Both return a new model and leave their input untouched, in the manner of PyTorch's
+`SyncBatchNorm.convert_sync_batchnorm`: parameters and buffers are copied, `requires_grad`
+is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from . import analytic
+from .norms import BatchNorm, Norm, _Normalization, make_norm, out_features
+
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, _Normalization)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _layer_norm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer name, norm name) for every normalization whose input is the output of a
+    conv/linear layer used nowhere else, found by tracing the model's graph."""
+    graph = analytic._Tracer().trace(model)
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = model.get_submodule(node.target)
+        if not isinstance(module, _BATCH_NORMS) or not node.args:
+            continue
+        source = node.args[0]
+        if (
+            isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and isinstance(model.get_submodule(source.target), _LAYERS)
+            and len(source.users) == 1
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def convert(
+    model: nn.Module,
+    norm: str | Norm,
+    *,
+    input_mean: torch.Tensor | float = 0.0,
+    input_var: torch.Tensor | float = 1.0,
+) -> nn.Module:
+    """A copy of `model` in which every batch normalization (PyTorch's or stochnorm's) that
+    follows a conv/linear layer becomes the normalization `norm`, bound to that layer. The
+    affine parameters (s, b) are copied; BN's running statistics are kept where the new
+    normalization has them. For `norm="analytic"`, moments are propagated from the given
+    per-channel input moments (defaults: standardized inputs). `norm="none"` is `fold`.
+    """
+    norm = Norm.parse(norm)
+    if norm is Norm.NONE:
+        return fold(model)
+    new = copy.deepcopy(model)
+    pairs = _layer_norm_pairs(new)
+    if not pairs:
+        raise ValueError("convert found no batch normalization after a conv/linear layer")
+    for layer_name, norm_name in pairs:
+        layer, old = new.get_submodule(layer_name), new.get_submodule(norm_name)
+        factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+        replacement = make_norm(norm, out_features(layer), layer, **factory)
+        with torch.no_grad():
+            for name in ("weight", "bias"):  # absent when BN has affine=False
+                source = getattr(old, name)
+                if source is not None:
+                    getattr(replacement, name).copy_(source)
+                    getattr(replacement, name).requires_grad_(source.requires_grad)
+            if (
+                isinstance(replacement, BatchNorm)
+                and getattr(old, "running_mean", None) is not None
+            ):
+                replacement.running_mean.copy_(old.running_mean)
+                replacement.running_var.copy_(old.running_var)
+        replacement.train(old.training)
+        _set_submodule(new, norm_name, replacement)
+    if norm is Norm.ANALYTIC:
+        analytic.attach(new, input_mean, input_var)
+    return new
+
+
+@torch.no_grad()
+def _eval_statistics(norm: _Normalization, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mu, sigma) that `norm` uses in evaluation mode."""
+    was_training = norm.training
+    norm.eval()
+    try:
+        probe = torch.zeros(1, norm.num_features, device=norm.weight.device)
+        return tuple(t.detach().clone() for t in norm.statistics(probe))
+    finally:
+        norm.train(was_training)
+
+
+@torch.no_grad()
+def fold(model: nn.Module) -> nn.Module:
+    """A plain inference copy of `model`: every normalization, with its evaluation-mode
+    statistics and affine, is folded into the conv/linear layer before it,
+
+        w' = w * s / sigma,   a' = (a - mu) * s / sigma + b,
+
+    and replaced by `nn.Identity`. The copy is in eval mode and computes what the eval-mode
+    model computes (up to round-off) at the cost of the network without normalization.
+    """
+    new = copy.deepcopy(model).eval()
+    for layer_name, norm_name in _layer_norm_pairs(new):
+        layer, norm = new.get_submodule(layer_name), new.get_submodule(norm_name)
+        if isinstance(norm, _Normalization):
+            mu, sigma = _eval_statistics(norm, layer)
+            scale, shift = norm.weight, norm.bias
+        else:  # PyTorch's batch norm
+            mu, sigma = norm.running_mean, (norm.running_var + norm.eps).sqrt()
+            scale = norm.weight if norm.weight is not None else torch.ones_like(mu)
+            shift = norm.bias if norm.bias is not None else torch.zeros_like(mu)
+        factor = scale / sigma
+        bias = layer.bias if layer.bias is not None else torch.zeros_like(mu)
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros_like(mu))
+        layer.bias.copy_((bias - mu) * factor + shift)
+        layer.weight.mul_(factor.view((-1,) + (1,) * (layer.weight.ndim - 1)))
+        _set_submodule(new, norm_name, nn.Identity())
+    analytic.detach(new)
+    leftover = [n for n, m in new.named_modules() if isinstance(m, _BATCH_NORMS)]
+    if leftover:
+        raise ValueError(f"fold cannot fold normalizations not preceded by a layer: {leftover}")
+    return new
+
+
+__all__ = ["convert", "fold"]

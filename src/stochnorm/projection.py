@@ -1,0 +1,41 @@
+"""Projection of scale-invariant weights onto the unit sphere (main paper, section 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .norms import normalizations
+
+
+def scale_invariant_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of every conv/linear layer followed by a normalization: the model's
+    output does not change under w -> c w (c > 0) for any of them."""
+    seen: dict[int, nn.Parameter] = {}
+    for norm in normalizations(model):
+        if norm.layer is not None:
+            seen[id(norm.layer.weight)] = norm.layer.weight
+    return list(seen.values())
+
+
+@torch.no_grad()
+def project_(model: nn.Module) -> nn.Module:
+    """Set `w[o] <- w[o] / ||w[o]||` for every output channel o of every scale-invariant
+    weight, in place; returns `model`. The training loop applies it after every optimizer
+    step when asked to (`project=True`), keeping the constraint ||w|| = 1 of section 2."""
+    for weight in scale_invariant_weights(model):
+        norms = weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(weight.dtype).tiny)
+        weight.div_(norms.view((-1,) + (1,) * (weight.ndim - 1)))
+    return model
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer groups: weight decay on every parameter except the scale-invariant weights
+    (decay on them has no minimizer, section 2)."""
+    invariant = {id(p) for p in scale_invariant_weights(model)}
+    free = [p for p in model.parameters() if id(p) in invariant]
+    decayed = [p for p in model.parameters() if id(p) not in invariant]
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": free, "weight_decay": 0.0},
+    ]

@@ -1,0 +1,144 @@
+"""convert() and fold() on All-CNN-C and on a torchvision-style ResNet."""
+
+import pytest
+import torch
+from torch import nn
+
+from stochnorm import AllCNN
+from stochnorm.convert import convert, fold
+from stochnorm.norms import AnalyticNorm, BatchNorm, WeightNorm, normalizations
+from stochnorm.projection import project_, scale_invariant_weights
+
+from .resnet import ResNet
+
+NORMS = {"batch": BatchNorm, "weight": WeightNorm, "analytic": AnalyticNorm}
+
+
+def _trained_bn_resnet():
+    torch.manual_seed(0)
+    model = ResNet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, 3, 16, 16))  # running statistics away from their defaults
+    return model
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_convert_resnet_replaces_every_batch_norm(norm):
+    model = _trained_bn_resnet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new = convert(model, norm)
+    # the input model is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in new.modules())
+    layers = normalizations(new)
+    assert len(layers) == 10 and all(type(n) is NORMS[norm] for n in layers)
+    # each is bound to the conv in front of it, and the affine was copied
+    assert new.bn1.layer is new.conv1 and new.layer2[0].bn1.layer is new.layer2[0].conv1
+    assert new.layer2[0].downsample[1].layer is new.layer2[0].downsample[0]
+    assert torch.equal(new.layer1[1].bn2.weight, model.layer1[1].bn2.weight)
+    assert torch.equal(new.layer1[1].bn2.bias, model.layer1[1].bn2.bias)
+    out = new(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_convert_keeps_requires_grad_and_running_statistics():
+    model = _trained_bn_resnet()
+    model.bn1.weight.requires_grad_(False)
+    new = convert(model, "batch")
+    assert not new.bn1.weight.requires_grad
+    assert torch.equal(new.bn1.running_mean, model.bn1.running_mean)
+    model.eval(), new.eval()
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.allclose(new(x), model(x), atol=1e-5)  # stochnorm's BN = torch's BN
+
+
+def test_analytic_resnet_trains_at_batch_size_one():
+    new = convert(_trained_bn_resnet(), "analytic").train()
+    optimizer = torch.optim.SGD(new.parameters(), lr=0.01)
+    x, y = torch.randn(1, 3, 16, 16), torch.tensor([3])
+    losses = []
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(new(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    # gradients flow through the propagated statistics into earlier layers' weights
+    assert new.conv1.weight.grad is not None and new.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", ["batch", "weight", "analytic"])
+def test_fold_equals_the_eval_model(norm):
+    torch.manual_seed(1)
+    model = convert(_trained_bn_resnet(), norm) if norm != "batch" else _trained_bn_resnet()
+    model.train()
+    model(torch.randn(8, 3, 16, 16))  # analytic: statistics from the current weights
+    model.eval()
+    folded = fold(model)
+    assert not normalizations(folded)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("norm", ["batch", "weight", "analytic", "none"])
+def test_fold_allcnn(norm):
+    torch.manual_seed(2)
+    model = AllCNN(1, 10, width=0.25, norm=norm)
+    model.train()
+    model(torch.randn(16, 1, 28, 28))
+    model.eval()
+    folded = fold(model)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["batch", "weight", "analytic"])
+def test_outputs_invariant_to_weight_scale(norm):
+    torch.manual_seed(3)
+    model = AllCNN(1, 10, width=0.25, norm=norm).train()
+    for layer in normalizations(model):
+        layer.eps = 1e-12  # the eps added to variances is the only departure from invariance
+    x = torch.randn(6, 1, 28, 28)
+    ref = model(x)
+    with torch.no_grad():
+        for i, w in enumerate(scale_invariant_weights(model)):
+            w.mul_(0.3 + i)  # a different c > 0 per layer
+    out = model(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_project_gives_unit_norms_and_keeps_the_function():
+    torch.manual_seed(4)
+    model = AllCNN(1, 10, width=0.25, norm="weight").eval()
+    x = torch.randn(3, 1, 28, 28)
+    ref = model(x)
+    project_(model)
+    for w in scale_invariant_weights(model):
+        norms = w.flatten(1).norm(dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
+    assert len(scale_invariant_weights(model)) == 9
+    assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["weight", "analytic"])
+def test_deterministic_norms_do_not_depend_on_the_batch(norm):
+    torch.manual_seed(5)
+    model = AllCNN(1, 10, width=0.25, norm=norm).train()
+    x = torch.randn(8, 1, 28, 28)
+    together = model(x)
+    alone = torch.cat([model(x[i : i + 1]) for i in range(8)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    shuffled = model(torch.cat([x[4:], x[:4]]))
+    assert torch.allclose(torch.cat([shuffled[4:], shuffled[:4]]), together, atol=1e-5)

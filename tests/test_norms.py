@@ -1,0 +1,53 @@
+"""Normalization layers: each against an independent computation of eq. (2)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from stochnorm.norms import BatchNorm, Norm, make_norm, normalizations
+
+
+def test_batch_norm_matches_torch_in_train_and_eval():
+    torch.manual_seed(0)
+    ours, ref = BatchNorm(5), nn.BatchNorm2d(5)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2)
+        ours.bias.normal_()
+    ref.load_state_dict(ours.state_dict())
+    for _ in range(3):
+        u = torch.randn(8, 5, 4, 4) * 3 + 1
+        assert torch.allclose(ours(u), ref(u), atol=1e-6)
+    for name, buf in ref.named_buffers():
+        assert torch.allclose(getattr(ours, name), buf), name
+    ours.eval(), ref.eval()
+    u = torch.randn(2, 5, 4, 4)
+    assert torch.allclose(ours(u), ref(u), atol=1e-6)
+
+
+def test_batch_norm_statistics_are_the_biased_batch_moments():
+    bn = BatchNorm(3)
+    u = torch.randn(6, 3, 5, 5) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    mu, sigma = bn.statistics(u)
+    flat = u.transpose(0, 1).reshape(3, -1).double()
+    assert torch.allclose(mu.double(), flat.mean(1), atol=1e-6)
+    assert torch.allclose(sigma.double() ** 2, flat.var(1, unbiased=False) + 1e-5, atol=1e-5)
+    # the generic formula gives what the fused forward gives
+    bn2 = copy.deepcopy(BatchNorm(3))
+    assert torch.allclose(bn2.normalize(u), BatchNorm(3)(u), atol=1e-5)
+
+
+def test_factory_binds_and_checks_sizes():
+    conv = nn.Conv2d(3, 4, 3)
+    norm = make_norm("batch", 4, conv)
+    assert norm.layer is conv
+    assert isinstance(make_norm(Norm.NONE, 4), nn.Identity)
+    with pytest.raises(ValueError, match="cannot follow"):
+        make_norm("batch", 5, conv)
+    model = nn.Sequential(conv, norm)
+    assert normalizations(model) == [norm]
+    # the bound layer is not a submodule: parameters are listed once
+    assert len(list(norm.parameters())) == 2
+    copied = copy.deepcopy(model)
+    assert copied[1].layer is copied[0]
