@@ -6,12 +6,17 @@ from torch import nn
 
 from stochnorm import AllCNN
 from stochnorm.convert import convert, fold
-from stochnorm.norms import AnalyticNorm, BatchNorm, WeightNorm, normalizations
+from stochnorm.norms import AnalyticNorm, BatchNorm, PopulationNorm, WeightNorm, normalizations
 from stochnorm.projection import project_, scale_invariant_weights
 
 from .resnet import ResNet
 
-NORMS = {"batch": BatchNorm, "weight": WeightNorm, "analytic": AnalyticNorm}
+NORMS = {
+    "batch": BatchNorm,
+    "weight": WeightNorm,
+    "analytic": AnalyticNorm,
+    "population": PopulationNorm,
+}
 
 
 def _trained_bn_resnet():
@@ -74,7 +79,7 @@ def test_analytic_resnet_trains_at_batch_size_one():
     assert new.conv1.weight.grad is not None and new.conv1.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("norm", ["batch", "weight", "analytic"])
+@pytest.mark.parametrize("norm", list(NORMS))
 def test_fold_equals_the_eval_model(norm):
     torch.manual_seed(1)
     model = convert(_trained_bn_resnet(), norm) if norm != "batch" else _trained_bn_resnet()
@@ -90,7 +95,7 @@ def test_fold_equals_the_eval_model(norm):
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("norm", ["batch", "weight", "analytic", "none"])
+@pytest.mark.parametrize("norm", [*NORMS, "none"])
 def test_fold_allcnn(norm):
     torch.manual_seed(2)
     model = AllCNN(1, 10, width=0.25, norm=norm)

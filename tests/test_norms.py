@@ -51,3 +51,31 @@ def test_factory_binds_and_checks_sizes():
     assert len(list(norm.parameters())) == 2
     copied = copy.deepcopy(model)
     assert copied[1].layer is copied[0]
+
+
+def test_population_norm_uses_running_estimates_not_the_batch():
+    from stochnorm.norms import PopulationNorm, gamma_decay
+
+    torch.manual_seed(0)
+    pn = PopulationNorm(3, momentum=0.5)
+    first = torch.randn(64, 3, 4, 4) * 2 + 1
+    pn(first)  # initializes the estimates with the first batch
+    flat = first.transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(pn.running_mean, flat.mean(1), atol=1e-5)
+    assert torch.allclose(pn.running_var, flat.var(1), atol=1e-4)
+    # a later batch is normalized with the estimates from before it, then updates them
+    mean0, var0 = pn.running_mean.clone(), pn.running_var.clone()
+    u = torch.randn(8, 3, 4, 4)
+    expected = (u - mean0.view(1, 3, 1, 1)) / (var0.view(1, 3, 1, 1) + pn.eps).sqrt()
+    assert torch.allclose(pn(u), expected, atol=1e-5)
+    new_flat = u.transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(pn.running_mean, 0.5 * mean0 + 0.5 * new_flat.mean(1), atol=1e-5)
+    # one sample alone gets what it gets inside a batch (with the same estimates)
+    state = {k: v.clone() for k, v in pn.state_dict().items()}
+    together = pn(u)
+    pn.load_state_dict(state)
+    assert torch.allclose(pn(u[:1]), together[:1], atol=1e-6)
+    # gamma decay: the sum of the squared scales
+    with torch.no_grad():
+        pn.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    assert gamma_decay(nn.Sequential(pn)).item() == pytest.approx(14.0)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from stochnorm import RunDirError, TrainConfig, load_run, train
+from stochnorm.norms import BatchNorm
 from stochnorm.runs import RunDir
 
 TINY = dict(width=0.1, epochs=2, lr=0.05, lr_decay_epochs=2, eval_train_size=64)
@@ -112,7 +113,7 @@ def test_norm_batch_feeds_extra_samples_to_the_statistics(tiny_fashion):
     seen = []
 
     def record(module, inputs):
-        if module.training and isinstance(module, torch.nn.BatchNorm2d):
+        if module.training and isinstance(module, BatchNorm):
             seen.append(len(inputs[0]))
 
     base = TrainConfig(**{**TINY, "epochs": 1, "eval_train_size": 0})

@@ -12,7 +12,9 @@ from .errors import ConfigError, StochnormError
 
 CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
-    "--norm": ("norm", str, "normalization after every conv: none, batch, weight, analytic"),
+    "--norm": (
+        "norm", str, "normalization after every conv: none, batch, weight, analytic, population",
+    ),
     "--width": ("width", float, "channel multiplier of All-CNN-C (1 = the paper's network)"),
     "--padding": (
         "padding", int, "zero padding of the first six convs (1 = Springenberg's All-CNN-C)",
@@ -31,6 +33,9 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     ),
     "--momentum": ("momentum", float, "Nesterov momentum (0.9)"),
     "--weight-decay": ("weight_decay", float, "L2 weight decay (0)"),
+    "--gamma-decay": (
+        "gamma_decay", float, "coefficient of the penalty on the squared scales s (Luo et al.; 0)",
+    ),
     "--seed": ("seed", int, "seed of initialization, batch order, augmentation and noise"),
     "--split-seed": ("split_seed", int, "seed of the fixed 90/10 train/validation split"),
     "--eval-train-size": (

@@ -21,7 +21,8 @@ class TrainConfig:
     The learning rate in epoch k (from 0) is `lr * gamma**k`, with gamma such that the rate
     has fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200).
     `project` keeps every scale-invariant weight at unit norm per output channel after each
-    step (section 2). `data_init` applies the data-dependent initialization of appendix A.1
+    step (section 2). `gamma_decay` adds `gamma_decay * sum of s^2` over all normalization
+    scales to the loss (Luo et al.). `data_init` applies the data-dependent initialization of appendix A.1
     to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
     the training batch plus `norm_batch - batch_size` other random training samples in the
     same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
@@ -43,6 +44,7 @@ class TrainConfig:
     augment: bool = True
     data_init: bool = True
     project: bool = False
+    gamma_decay: float = 0.0
     seed: int = 0
     split_seed: int = 0
     eval_train_size: int = 1000
@@ -69,6 +71,7 @@ class TrainConfig:
         )
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.gamma_decay >= 0, f"gamma_decay must be >= 0, got {self.gamma_decay}")
         need(self.eval_train_size >= 0, "eval_train_size must be >= 0")
         need(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
 

@@ -32,6 +32,7 @@ class Norm(str, Enum):
     BATCH = "batch"  # mu, sigma over the batch and spatial positions; running ones in eval
     WEIGHT = "weight"  # mu = a (the layer's bias, if any), sigma = ||w||
     ANALYTIC = "analytic"  # mu, sigma propagated from the data's input moments (moments.py)
+    POPULATION = "population"  # mu, sigma = running population estimates, also in training
 
     @classmethod
     def parse(cls, name: str | Norm) -> Norm:
@@ -216,6 +217,49 @@ class AnalyticNorm(_Normalization):
         return self._current
 
 
+class PopulationNorm(BatchNorm):
+    """Population normalization (Luo et al., 2019): mu and sigma are estimates of the
+    population statistics of u, also in training, never those of the current batch.
+
+    The estimates are running averages (momentum `momentum`) of the batch mean and
+    unbiased variance, updated after the current batch has been normalized and without
+    gradients through them; the first training batch initializes them. So the output for
+    one sample does not depend on the rest of its batch. Luo et al. decompose BN into this
+    normalization plus an explicit penalty on the scales ("gamma decay", `gamma_decay`
+    below) standing in for the noise of batch statistics.
+    """
+
+    def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training:
+            dims = [0] + list(range(2, u.ndim))
+            with torch.no_grad():
+                var, mu = torch.var_mean(u, dims, correction=1 if u.numel() > u.shape[1] else 0)
+                if int(self.num_batches_tracked) == 0:
+                    self.running_mean.copy_(mu)
+                    self.running_var.copy_(var)
+                mean_before = self.running_mean.clone()
+                var_before = self.running_var.clone()
+                self.running_mean.lerp_(mu, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+                self.num_batches_tracked += 1
+            return mean_before, (var_before + self.eps).sqrt()
+        return self.running_mean, (self.running_var + self.eps).sqrt()
+
+    def forward(self, u: Tensor) -> Tensor:
+        return _Normalization.forward(self, u)
+
+
+def gamma_decay(model: nn.Module) -> Tensor:
+    """Luo et al.'s explicit regularizer of the scales: the sum of s_c^2 over every channel
+    of every normalization in `model`. Their analysis of BN gives a coefficient zeta that
+    shrinks as 1/M with the batch size M and depends on the loss curvature; the training
+    loop multiplies this sum by a constant `gamma_decay` coefficient (a choice to measure)."""
+    layers = normalizations(model)
+    if not layers:
+        return torch.zeros(())
+    return sum(layer.weight.pow(2).sum() for layer in layers)
+
+
 def make_norm(
     norm: str | Norm, num_features: int, layer: nn.Module | None = None, *, device=None,
     dtype=None,
@@ -244,4 +288,5 @@ _CLASSES: dict[Norm, type[_Normalization]] = {
     Norm.BATCH: BatchNorm,
     Norm.WEIGHT: WeightNorm,
     Norm.ANALYTIC: AnalyticNorm,
+    Norm.POPULATION: PopulationNorm,
 }

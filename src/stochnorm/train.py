@@ -27,7 +27,7 @@ from .errors import RunDirError
 from .evaluation import loss_and_accuracy, nll_loss, predict_probs
 from .initialization import data_dependent_init_
 from .models import AllCNN
-from .norms import Norm
+from .norms import Norm, gamma_decay
 from .projection import parameter_groups, project_
 from .provenance import provenance
 from .runs import RunDir
@@ -135,6 +135,8 @@ def train(
     optimizer = make_optimizer(cfg, model)
     if cfg.project:
         after_step = [project_, *after_step]
+    if cfg.gamma_decay:
+        loss_terms = [lambda m: cfg.gamma_decay * gamma_decay(m), *loss_terms]
     history: list[dict[str, float]] = []
     state = run.checkpoint() if run is not None and resume else None
     if state is not None:
