@@ -48,7 +48,9 @@ class MomentPropagation:
     """A forward pre-hook that propagates input moments through `model` in training mode.
 
     `input_mean`, `input_var`: per-channel moments of the (standardized, augmented) training
-    inputs, [C] or scalars. `pool_correlation`: "full" (pooled values perfectly correlated:
+    inputs, [C] or scalars. `input_patches`: optionally the mean [D] and covariance [D, D]
+    of the input patches seen by the first conv (see `patch_moments`); its output moments
+    are then exact instead of assuming independent inputs. `pool_correlation`: "full" (pooled values perfectly correlated:
     the variance is unchanged by average pooling, our default) or "none" (independent: the
     variance is divided by the window size).
     """
@@ -59,11 +61,13 @@ class MomentPropagation:
         input_mean: Tensor | float = 0.0,
         input_var: Tensor | float = 1.0,
         pool_correlation: str = "full",
+        input_patches: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         moments.average_pool(torch.zeros(1), torch.ones(1), 1, pool_correlation)  # validates
         self.graph = _Tracer().trace(model)
         self.pool_correlation = pool_correlation
         self.set_input_moments(input_mean, input_var)
+        self.input_patches = input_patches
 
     def set_input_moments(self, mean: Tensor | float, var: Tensor | float) -> None:
         self.input_mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
@@ -96,7 +100,17 @@ class MomentPropagation:
         inputs = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
         first = inputs[0] if inputs else None
         if node.op == "call_module":
-            return self._module_rule(model.get_submodule(node.target), first, node)
+            module = model.get_submodule(node.target)
+            source = node.args[0] if node.args else None
+            if (
+                self.input_patches is not None
+                and isinstance(source, fx.Node)
+                and source.op == "placeholder"
+                and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+                and module.weight[0].numel() == self.input_patches[0].numel()
+            ):
+                return self._first_layer_rule(module, first)
+            return self._module_rule(module, first, node)
         if node.op == "call_function":
             target = node.target
             if target in (operator.add, operator.iadd, torch.add):
@@ -121,6 +135,16 @@ class MomentPropagation:
             if node.target == "relu":
                 return (*moments.relu(first[0], first[1]), first[2])
         return None
+
+    def _first_layer_rule(self, module: nn.Module, state: State) -> State:
+        patch_mean, patch_cov = (t.to(module.weight) for t in self.input_patches)
+        mean, var = moments.linear_from_patches(patch_mean, patch_cov, module.weight, module.bias)
+        if isinstance(module, nn.Linear):
+            return mean, var, ()
+        out = _window_out(
+            state[2], module.kernel_size, module.stride, module.padding, module.dilation
+        )
+        return mean, var, out
 
     def _module_rule(self, module: nn.Module, state: State | None, node: fx.Node) -> State | None:
         if state is None:
@@ -174,6 +198,20 @@ class MomentPropagation:
         return None
 
 
+def patch_moments(x: Tensor, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Mean [D] and covariance [D, D] (D = C * kh * kw) of the patches that `conv` sees in
+    the images `x` [N, C, H, W], zero padding included, pooled over images and positions."""
+    patches = F.unfold(
+        x.double(), conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+        stride=conv.stride,
+    )  # [N, D, L]  # fmt: skip
+    flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    mean = flat.mean(0)
+    centred = flat - mean
+    cov = centred.T @ centred / len(flat)
+    return mean.float(), cov.float()
+
+
 def attach(
     model: nn.Module,
     input_mean: Tensor | float = 0.0,
@@ -182,12 +220,13 @@ def attach(
     channels: int | None = None,
     size: tuple[int, ...] | None = None,
     pool_correlation: str = "full",
+    input_patches: tuple[Tensor, Tensor] | None = None,
 ) -> MomentPropagation:
     """Make the AnalyticNorm layers of `model` work: register a `MomentPropagation` as a
     forward pre-hook (replacing one attached before) and, when `channels` and `size` of the
     input are given, run it once so the evaluation statistics are set from the start."""
     detach(model)
-    propagation = MomentPropagation(model, input_mean, input_var, pool_correlation)
+    propagation = MomentPropagation(model, input_mean, input_var, pool_correlation, input_patches)
     model.register_forward_pre_hook(propagation)
     if channels is not None and size is not None:
         with torch.no_grad():

@@ -22,7 +22,9 @@ class TrainConfig:
     has fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200).
     `project` keeps every scale-invariant weight at unit norm per output channel after each
     step (section 2). `gamma_decay` adds `gamma_decay * sum of s^2` over all normalization
-    scales to the loss (Luo et al.). `data_init` applies the data-dependent initialization of appendix A.1
+    scales to the loss (Luo et al.). `exact_first_layer`: analytic norm computes the moments
+    of the first conv's output from the measured covariance of its input patches instead of
+    assuming independent pixels. `data_init` applies the data-dependent initialization of appendix A.1
     to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
     the training batch plus `norm_batch - batch_size` other random training samples in the
     same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
@@ -45,6 +47,7 @@ class TrainConfig:
     data_init: bool = True
     project: bool = False
     gamma_decay: float = 0.0
+    exact_first_layer: bool = True
     seed: int = 0
     split_seed: int = 0
     eval_train_size: int = 1000

@@ -89,6 +89,23 @@ def linear(
     return (mean_out if bias is None else mean_out + bias), w2 @ var
 
 
+def linear_from_patches(
+    patch_mean: Tensor, patch_cov: Tensor, weight: Tensor, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Exact moments of a conv/linear output from the mean [D] and covariance [D, D] of its
+    input patches (D = C * k1 * k2 ..., in the order of `weight.flatten(1)`):
+    mean_out = W mu + a, var_out[o] = w_o^T Cov w_o. For the first layer these can be
+    measured from the data, spatial correlation and zero padding included."""
+    w = weight.flatten(1)
+    if w.shape[1] != patch_mean.numel():
+        raise ValueError(
+            f"patches of {patch_mean.numel()} values cannot feed a weight {tuple(weight.shape)}"
+        )
+    mean_out = w @ patch_mean
+    var_out = ((w @ patch_cov) * w).sum(1).clamp_min(0.0)
+    return (mean_out if bias is None else mean_out + bias), var_out
+
+
 def affine(mean: Tensor, var: Tensor, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
     """Moments of `x * scale + shift` (per channel)."""
     return mean * scale + shift, var * scale * scale

@@ -110,8 +110,12 @@ class _Normalization(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) got input of shape {tuple(u.shape)}"
             )
+        # (u - mu) / sigma * s + b as one fused multiply-add: u * scale + shift
+        mu, sigma = self.statistics(u)
+        scale = self.weight / sigma
+        shift = self.bias - mu * scale
         shape = (1, -1) + (1,) * (u.ndim - 2)
-        return self.normalize(u) * self.weight.view(shape) + self.bias.view(shape)
+        return torch.addcmul(shift.view(shape), u, scale.view(shape))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

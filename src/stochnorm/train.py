@@ -71,23 +71,25 @@ def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
         idx = torch.randperm(len(data.train), generator=g)[:128]
         data_dependent_init_(model, data.train.x[idx])
     if norm is Norm.ANALYTIC:
-        mean, var = input_moments(data, cfg)
-        analytic.attach(model, mean, var, channels=data.in_channels, size=data.train.x.shape[2:])
+        x = training_inputs(data, cfg)
+        var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
+        patches = analytic.patch_moments(x, model.layer1.conv) if cfg.exact_first_layer else None
+        analytic.attach(
+            model, mean, var, channels=data.in_channels, size=tuple(x.shape[2:]),
+            input_patches=patches,
+        )  # fmt: skip
     if cfg.project:
         project_(model)
     return model
 
 
-def input_moments(
-    data: datasets.Splits, cfg: TrainConfig, count: int = 10_000
-) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and variance of the training inputs as the network sees them
-    (augmented when training augments), over up to `count` images."""
+def training_inputs(data: datasets.Splits, cfg: TrainConfig, count: int = 10_000) -> Tensor:
+    """Up to `count` training images as the network sees them in training (augmented when
+    training augments): the sample from which analytic norm measures its input moments."""
     x = data.train.x[:count]
     if cfg.augment:
         x = augment_batch(x, data.fill, torch.Generator().manual_seed(cfg.seed))
-    var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
-    return mean, var
+    return x
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -1,0 +1,100 @@
+"""Training-step time of each normalization relative to batch norm, and evaluation time of
+a folded model relative to the same network without normalization, measured side by side
+in one run (All-CNN-C on 28x28 single-channel inputs).
+
+    python benchmarks/norm_speed.py [--widths 0.333 1] [--batches 32 256] [--repeats 15]
+
+Goals: analytic <= 1.10x BN, weight <= 1.05x BN, folded = 1.00x +- 0.03 of the plain net.
+Timings are interleaved (one step of every variant per round) and the median of the rounds
+is reported, so a load that comes and goes affects all variants alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from stochnorm import AllCNN
+from stochnorm.convert import fold
+from stochnorm.provenance import hardware
+
+NORMS = ("batch", "weight", "analytic", "population", "none")
+
+
+def _train_step(model, optimizer, x, y):
+    def step():
+        loss = F.nll_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _eval_step(model, x):
+    @torch.no_grad()
+    def step():
+        model(x)
+
+    return step
+
+
+def _interleaved(steps: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=float, nargs="+", default=[1 / 3, 1.0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"# {hardware()}; torch {torch.__version__}; Python {platform.python_version()}")
+    print("| width | batch | " + " | ".join(f"{n} / batch" for n in NORMS) + " | BN step ms "
+          "| folded BN / plain (eval) | folded analytic / plain (eval) |")  # fmt: skip
+    print("|" + "---|" * (len(NORMS) + 5))
+    for width in args.widths:
+        for batch in args.batches:
+            x = torch.randn(batch, 1, 28, 28)
+            y = torch.randint(0, 10, (batch,))
+            models = {n: AllCNN(1, 10, width=width, norm=n).train() for n in NORMS}
+            steps = {
+                n: _train_step(m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9), x, y)
+                for n, m in models.items()
+            }
+            train = _interleaved(steps, args.repeats)
+            for m in models.values():
+                m.eval()
+            evals = _interleaved(
+                {
+                    "plain": _eval_step(models["none"], x),
+                    "bn": _eval_step(fold(models["batch"]), x),
+                    "analytic": _eval_step(fold(models["analytic"]), x),
+                },
+                args.repeats,
+            )
+            ratios = " | ".join(f"{train[n] / train['batch']:.3f}" for n in NORMS)
+            print(
+                f"| {width:.3g} | {batch} | {ratios} | {1000 * train['batch']:.1f} | "
+                f"{evals['bn'] / evals['plain']:.3f} | {evals['analytic'] / evals['plain']:.3f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
