@@ -83,13 +83,20 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         "--project", action=argparse.BooleanOptionalAction, default=None,
         help="project scale-invariant weights onto ||w|| = 1 after every step (off)",
     )  # fmt: skip
+    p.add_argument(
+        "--exact-first-layer", action=argparse.BooleanOptionalAction, default=None,
+        help="analytic norm: first-layer moments from the input patch covariance (on)",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
-    values.update(augment=args.augment, data_init=args.data_init, project=args.project)
+    values.update(
+        augment=args.augment, data_init=args.data_init, project=args.project,
+        exact_first_layer=args.exact_first_layer,
+    )  # fmt: skip
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -177,6 +184,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(Path(args.out), device=args.device, progress=not args.no_progress)
 
 
+def _cmd_an_stats(args: argparse.Namespace) -> int:
+    from . import data as datasets
+    from .checkpoint import save_json
+    from .diagnostics import analytic_statistics
+    from .provenance import provenance
+    from .train import build_model, load_run, training_inputs
+
+    if args.run:
+        cfg, data, model = load_run(args.run)
+        out = Path(args.out or Path(args.run) / "an-stats")
+    else:
+        cfg = _config(args).replace(norm="analytic")
+        data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+        model = build_model(cfg, data)
+        out = Path(args.out or "runs/an-stats-init")
+    x = training_inputs(data, cfg, count=len(data.train))
+    model.train()(x[:1])  # statistics from the current weights
+    rows = analytic_statistics(model, x)
+    stage = f"trained ({args.run})" if args.run else "at initialization"
+    lines = [
+        f"Analytic normalization, estimated vs true statistics per layer, {stage}; true = "
+        f"measured over {len(x)} augmented training images. exact_first_layer = "
+        f"{cfg.exact_first_layer}.",
+        "",
+        "| layer | channels | mean abs(mu_est - mu_true) / sigma_true | sigma_est / sigma_true "
+        "mean | min | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['channels']} | {r['mean_error']:.3f} | "
+            f"{r['sigma_ratio_mean']:.3f} | {r['sigma_ratio_min']:.3f} | {r['sigma_ratio_max']:.3f} |"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    save_json({"config": cfg.to_dict(), "stage": stage, "rows": rows, "provenance": provenance()},
+              out / "an-stats.json")  # fmt: skip
+    (out / "an-stats.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from . import data
 
@@ -239,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("diagnose", help="measurements on a trained or fresh network")
+    checks = p.add_subparsers(dest="check", required=True, parser_class=_Parser)
+    q = checks.add_parser(
+        "an-stats", help="analytic norm: estimated vs true statistics per layer (of a run, "
+        "or at initialization from the config flags)",
+    )  # fmt: skip
+    q.add_argument("--run", help="a run directory of an analytic-norm run (default: at init)")
+    q.add_argument("--out", help="output directory (default: RUN/an-stats or runs/an-stats-init)")
+    _add_config_flags(q)
+    q.set_defaults(func=_cmd_an_stats)
 
     p = sub.add_parser("data", help="locate (or download) a dataset and check that it loads")
     p.add_argument("name", help="fashion-mnist or cifar10")

@@ -71,16 +71,22 @@ def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
         idx = torch.randperm(len(data.train), generator=g)[:128]
         data_dependent_init_(model, data.train.x[idx])
     if norm is Norm.ANALYTIC:
-        x = training_inputs(data, cfg)
-        var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
-        patches = analytic.patch_moments(x, model.layer1.conv) if cfg.exact_first_layer else None
-        analytic.attach(
-            model, mean, var, channels=data.in_channels, size=tuple(x.shape[2:]),
-            input_patches=patches,
-        )  # fmt: skip
+        attach_analytic(model, cfg, data)
     if cfg.project:
         project_(model)
     return model
+
+
+def attach_analytic(model: nn.Module, cfg: TrainConfig, data: datasets.Splits) -> None:
+    """Give analytic norm the measured moments of the training inputs (per channel, and the
+    first conv's patch covariance when `exact_first_layer`) and set its statistics."""
+    x = training_inputs(data, cfg)
+    var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
+    patches = analytic.patch_moments(x, model.layer1.conv) if cfg.exact_first_layer else None
+    analytic.attach(
+        model, mean, var, channels=data.in_channels, size=tuple(x.shape[2:]),
+        input_patches=patches,
+    )  # fmt: skip
 
 
 def training_inputs(data: datasets.Splits, cfg: TrainConfig, count: int = 10_000) -> Tensor:
@@ -282,6 +288,8 @@ def load_run(
     state = run.checkpoint()
     data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
     model = make_model(cfg, data)
+    if Norm(cfg.norm) is Norm.ANALYTIC:
+        attach_analytic(model, cfg, data)
     model.load_state_dict(state["model"])
     return cfg, data, model.to(resolve_device(device)).eval()
 
