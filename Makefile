@@ -14,6 +14,7 @@ demo: setup data
 	$(BIN)/stochnorm demo --out runs/demo
 
 test: setup data
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: setup

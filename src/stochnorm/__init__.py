@@ -2,26 +2,44 @@
 
 The public API:
 
-- `AllCNN`: All-CNN-C with a choice of normalization (`Norm`, `make_norm`).
-- `data_dependent_init_`: the data-dependent initialization of appendix A.1.
-- `TrainConfig`, `train`, `lr_find`: the one training loop and its learning-rate search.
+- Normalizations of the form `(w·x - mu(w)) / sigma(w) * s + b` (main paper eq. 2):
+  `BatchNorm`, `WeightNorm`, `AnalyticNorm`, `PopulationNorm`, chosen by name (`Norm`,
+  `make_norm`); `gamma_decay` (Luo et al.'s penalty on the scales).
+- `convert(model, norm)`: swap every batch norm of any model for another normalization;
+  `fold(model)`: fold normalizations into the layers for inference.
+- `project_(model)`: scale-invariant weights onto ||w|| = 1 (section 2).
+- `moments`: closed-form mean/variance rules; `analytic`: their propagation over a model.
+- `AllCNN`, `data_dependent_init_`: All-CNN-C and the initialization of appendix A.1.
+- `TrainConfig`, `train`, `lr_find`, `load_run`: the one training loop and its lr search.
 - `metrics`: accuracy, NLL, ECE, Brier, error-vs-coverage, AURC.
 - `data`: Fashion-MNIST and CIFAR-10 readers, splits, augmentation.
 """
 
-from . import data, metrics
+from . import analytic, data, metrics, moments
 from .config import PROFILES, TrainConfig
+from .convert import convert, fold
 from .errors import ConfigError, DataError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
 from .lr_search import lr_find
 from .models import AllCNN
-from .norms import Norm, make_norm
+from .norms import (
+    AnalyticNorm,
+    BatchNorm,
+    Norm,
+    PopulationNorm,
+    WeightNorm,
+    gamma_decay,
+    make_norm,
+)  # fmt: skip
+from .projection import project_
 from .train import TrainResult, load_run, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PROFILES", "AllCNN", "ConfigError", "DataError", "Norm", "RunDirError",
-    "StochnormError", "TrainConfig", "TrainResult", "data", "data_dependent_init_",
-    "load_run", "lr_find", "make_norm", "metrics", "train",
+    "PROFILES", "AllCNN", "AnalyticNorm", "BatchNorm", "ConfigError", "DataError", "Norm",
+    "PopulationNorm", "RunDirError", "StochnormError", "TrainConfig", "TrainResult",
+    "WeightNorm", "analytic", "convert", "data", "data_dependent_init_", "fold",
+    "gamma_decay", "load_run", "lr_find", "make_norm", "metrics", "moments", "project_",
+    "train",
 ]  # fmt: skip
