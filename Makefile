@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # fast; any torch >= 2.1 works: `make TORCH=torch demo` takes the newest.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint data setup clean results-quick
+.PHONY: demo test lint data setup clean results-quick results-fig3
 .SECONDARY:
 
 demo: setup data
@@ -41,20 +41,33 @@ data: setup
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
-# The committed quick-profile baselines (results/quick): the paper's learning-rate search
-# per normalization, then a 60-epoch run with the rate found, then the report.
+# Committed quick-profile runs (results/quick/NAME): the paper's learning-rate search per
+# training case, a 60-epoch run with the rate found, then a report. NAME is a norm, with
+# "-proj" for projection onto ||w|| = 1 (e.g. batch, none, weight-proj, analytic-proj).
 QUICK := results/quick
+GAMMA_DECAY := 1e-4
+quick_flags = --norm $(subst -proj,,$(1)) $(if $(findstring -proj,$(1)),--project) \
+  $(if $(findstring population,$(1)),--gamma-decay $(GAMMA_DECAY))
+
 $(QUICK)/lr-find-%.json: | setup data
-	$(BIN)/stochnorm lr-find --profile quick --norm $* --no-progress --out $@
+	$(BIN)/stochnorm lr-find --profile quick $(call quick_flags,$*) --no-progress --out $@
 
 $(QUICK)/%/metrics.json: $(QUICK)/lr-find-%.json
 	if [ -f $(QUICK)/$*/checkpoint.pt ]; then \
 	  $(BIN)/stochnorm train --out $(QUICK)/$* --resume --no-progress; \
 	else \
-	  $(BIN)/stochnorm train --profile quick --norm $* --no-progress --out $(QUICK)/$* \
+	  $(BIN)/stochnorm train --profile quick $(call quick_flags,$*) --no-progress \
+	    --out $(QUICK)/$* \
 	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$<'))['lr'])"); \
 	fi
 
-results-quick: $(QUICK)/batch/metrics.json $(QUICK)/none/metrics.json
-	$(BIN)/stochnorm report $(QUICK)/batch $(QUICK)/none --out $(QUICK) \
+BASELINES := batch none
+results-quick: $(BASELINES:%=$(QUICK)/%/metrics.json)
+	$(BIN)/stochnorm report $(BASELINES:%=$(QUICK)/%) --out $(QUICK) \
 	  --title "Quick profile: batch norm vs no normalization (Fashion-MNIST)"
+
+# Main paper Fig. 3: each normalization with and without projection.
+FIG3 := batch batch-proj analytic-proj weight-proj analytic weight population population-proj
+results-fig3: $(FIG3:%=$(QUICK)/%/metrics.json)
+	$(BIN)/stochnorm report $(FIG3:%=$(QUICK)/%) --out $(QUICK)/fig3 \
+	  --title "Quick profile: normalizations with and without projection (Fashion-MNIST)"
