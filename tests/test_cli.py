@@ -1,13 +1,14 @@
 """The command line as a user meets it: every command end to end on a little real data,
 and one-line errors (no traceback, non-zero exit) for bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from stochnorm.cli import main
+from stochnorm.cli import build_parser, main
 from stochnorm.data import fashion_mnist
 from stochnorm.data.idx import write_idx
 
@@ -88,15 +89,27 @@ def test_data_command_finds_fashion_mnist(capsys):
     assert "60000 training and 10000 test images" in capsys.readouterr().out
 
 
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", p) for n, p in _subparsers(sub))
+
+
 def test_help_documents_every_flag():
-    for command in ("train", "evaluate", "lr-find", "report", "demo", "data"):
-        text = subprocess.run(
-            [sys.executable, "-m", "stochnorm.cli", command, "--help"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        flags = [w.strip(",") for w in text.split() if w.startswith("--")]
-        for flag in set(flags) - {"--help"}:
-            # every flag line carries a description after it
-            line = next(ln for ln in text.splitlines() if flag in ln)
-            following = text.splitlines()[text.splitlines().index(line) + 1]
-            assert len(line.split()) > 2 or following.startswith(" " * 10), (command, flag)
+    commands = dict(_subparsers(build_parser()))
+    assert {"train", "evaluate", "lr-find", "report", "demo", "data", "diagnose an-stats"} <= set(
+        commands
+    )
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    # and --help prints them, exiting 0
+    text = subprocess.run(
+        [sys.executable, "-m", "stochnorm.cli", "train", "--help"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "--norm-batch" in text and "--resume" in text and "--project" in text
