@@ -93,6 +93,8 @@ def load(download_missing: bool = True) -> RawDataset:
             test_x, test_y = _read_batch(tar, TEST_MEMBER, path)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read the tarball ({exc}); {HOW_TO_GET}") from None
+    except DataError as exc:
+        raise DataError(f"{exc}; to replace it, {HOW_TO_GET}") from None
     return RawDataset.checked(
         name=NAME,
         train_x=np.concatenate([x for x, _ in train]),

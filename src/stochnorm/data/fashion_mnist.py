@@ -60,7 +60,10 @@ def load(download_missing: bool = True) -> RawDataset:
             raise DataError(
                 f"Fashion-MNIST not found in {_searched()} and {exc}; {HOW_TO_GET}"
             ) from None
-    arrays = {f: read_idx(root / f) for f in FILES}
+    try:
+        arrays = {f: read_idx(root / f) for f in FILES}
+    except DataError as exc:
+        raise DataError(f"{exc}; to replace it, {HOW_TO_GET}") from None
     return RawDataset.checked(
         name=NAME,
         train_x=arrays["train-images-idx3-ubyte.gz"][:, None],
