@@ -63,7 +63,9 @@ def test_truncated_idx_file(capsys, tmp_path, monkeypatch):
     broken = tmp_path / "train-images-idx3-ubyte.gz"
     broken.write_bytes(broken.read_bytes()[:-30])
     _one_line_error(capsys, ["train", *SMALL, "--out", str(tmp_path / "run")], str(broken))
-    _one_line_error(capsys, ["train", *SMALL, "--out", str(tmp_path / "run2")], "dataset-fashion-mnist")
+    _one_line_error(
+        capsys, ["train", *SMALL, "--out", str(tmp_path / "run2")], "dataset-fashion-mnist"
+    )
 
 
 def test_train_evaluate_report_end_to_end(tmp_path, capsys):

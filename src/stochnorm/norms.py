@@ -66,6 +66,7 @@ class _Normalization(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
         self.bias = nn.Parameter(torch.empty(num_features, **factory_kwargs))
         self._bound: tuple[nn.Module, ...] = ()
+        self.noise: nn.Module | None = None  # see stochnorm.noise
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -105,11 +106,19 @@ class _Normalization(nn.Module):
         shape = (1, -1) + (1,) * (u.ndim - 2)
         return (u - mu.view(shape)) / sigma.view(shape)
 
+    def kl(self) -> Tensor:
+        """KL divergence of the noise's posterior to its prior (0 without a learned one)."""
+        if self.noise is None or not hasattr(self.noise, "kl"):
+            return self.weight.new_zeros(())
+        return self.noise.kl(self.weight)
+
     def forward(self, u: Tensor) -> Tensor:
         if u.ndim < 2 or u.shape[1] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) got input of shape {tuple(u.shape)}"
             )
+        if self.noise is not None:
+            return self.noise(self.normalize(u), self.weight, self.bias)
         # (u - mu) / sigma * s + b as one fused multiply-add: u * scale + shift
         mu, sigma = self.statistics(u)
         scale = self.weight / sigma
@@ -157,6 +166,8 @@ class BatchNorm(_Normalization):
         return mu, (var + self.eps).sqrt()
 
     def forward(self, u: Tensor) -> Tensor:
+        if self.noise is not None:
+            return super().forward(u)
         # the fused kernel computes the same as the base formula, faster
         if u.ndim < 2 or u.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm({self.num_features}) got input of shape {tuple(u.shape)}")
