@@ -129,3 +129,27 @@ def test_norm_batch_feeds_extra_samples_to_the_statistics(tiny_fashion):
     finally:
         handle.remove()
     assert losses[0] != losses[1]
+
+
+@pytest.mark.parametrize("noise", ["bn-like", "bayes"])
+def test_noisy_runs_train_and_resume(tmp_path, tiny_fashion, noise):
+    cfg = TrainConfig(
+        **{
+            **TINY,
+            "norm": "weight",
+            "project": True,
+            "noise": noise,
+            "sigma_v": 0.1,
+            "sigma_u": 0.1,
+            "sigma_s": 0.2,
+        }  # fmt: skip
+    )
+    result = train(cfg, tmp_path / "run", data=tiny_fashion, progress=False)
+    m = result.metrics
+    assert m["complete"] and math.isfinite(m["final"]["test"]["nll"])
+    if noise == "bayes":  # the objective carries the KL term
+        row = m["history"][-1]
+        assert row["train_objective"] > row["train_loss"]
+    _, _, model = load_run(tmp_path / "run")
+    for a, b in zip(model.state_dict().values(), result.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -36,6 +36,11 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--gamma-decay": (
         "gamma_decay", float, "coefficient of the penalty on the squared scales s (Luo et al.; 0)",
     ),
+    "--noise": ("noise", str, "noise after every normalization: bn-like or bayes (none)"),
+    "--sigma-v": ("sigma_v", float, "bn-like noise: std of the additive noise V (0)"),
+    "--sigma-u": ("sigma_u", float, "bn-like noise: std of the multiplicative noise U (0)"),
+    "--sigma-s": ("sigma_s", float, "bayes: initial std of the scale posterior q(S) (0.1)"),
+    "--kl-factor": ("kl_factor", float, "bayes: weight of the KL term, 1 = Bayesian (1)"),
     "--seed": ("seed", int, "seed of initialization, batch order, augmentation and noise"),
     "--split-seed": ("split_seed", int, "seed of the fixed 90/10 train/validation split"),
     "--eval-train-size": (
@@ -84,6 +89,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help="project scale-invariant weights onto ||w|| = 1 after every step (off)",
     )  # fmt: skip
     p.add_argument(
+        "--sigma-s-per-layer", action=argparse.BooleanOptionalAction, default=None,
+        help="bayes: one sigma_S per layer instead of one per channel (off)",
+    )  # fmt: skip
+    p.add_argument(
         "--exact-first-layer", action=argparse.BooleanOptionalAction, default=None,
         help="analytic norm: first-layer moments from the input patch covariance (on)",
     )  # fmt: skip
@@ -95,7 +104,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
     values.update(
         augment=args.augment, data_init=args.data_init, project=args.project,
-        exact_first_layer=args.exact_first_layer,
+        exact_first_layer=args.exact_first_layer, sigma_s_per_layer=args.sigma_s_per_layer,
     )  # fmt: skip
     return {k: v for k, v in values.items() if v is not None}
 

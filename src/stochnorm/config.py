@@ -24,7 +24,10 @@ class TrainConfig:
     step (section 2). `gamma_decay` adds `gamma_decay * sum of s^2` over all normalization
     scales to the loss (Luo et al.). `exact_first_layer`: analytic norm computes the moments
     of the first conv's output from the measured covariance of its input patches instead of
-    assuming independent pixels. `data_init` applies the data-dependent initialization of appendix A.1
+    assuming independent pixels. `noise`: None, "bn-like" (fixed noise of std `sigma_v`
+    (additive) and `sigma_u` (multiplicative) after every normalization) or "bayes" (learned
+    scale noise starting at `sigma_s`, one per channel or per layer, trained on the ELBO
+    with the KL term weighted by `kl_factor`). `data_init` applies the data-dependent initialization of appendix A.1
     to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
     the training batch plus `norm_batch - batch_size` other random training samples in the
     same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
@@ -48,6 +51,12 @@ class TrainConfig:
     project: bool = False
     gamma_decay: float = 0.0
     exact_first_layer: bool = True
+    noise: str | None = None
+    sigma_v: float = 0.0
+    sigma_u: float = 0.0
+    sigma_s: float = 0.1
+    sigma_s_per_layer: bool = False
+    kl_factor: float = 1.0
     seed: int = 0
     split_seed: int = 0
     eval_train_size: int = 1000
@@ -75,6 +84,14 @@ class TrainConfig:
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.gamma_decay >= 0, f"gamma_decay must be >= 0, got {self.gamma_decay}")
+        need(
+            self.noise in (None, "bn-like", "bayes"),
+            f"unknown noise {self.noise!r}; choose bn-like or bayes",
+        )
+        need(self.noise is None or self.norm != Norm.NONE.value, "noise needs a normalization")
+        need(self.sigma_v >= 0 and self.sigma_u >= 0, "sigma_v and sigma_u must be >= 0")
+        need(self.sigma_s > 0, f"sigma_s must be > 0, got {self.sigma_s}")
+        need(self.kl_factor >= 0, f"kl_factor must be >= 0, got {self.kl_factor}")
         need(self.eval_train_size >= 0, "eval_train_size must be >= 0")
         need(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import analytic, metrics
 from . import data as datasets
+from .bayes import add_noise, elbo_loss_term
 from .checkpoint import save_checkpoint, save_json
 from .config import TrainConfig
 from .errors import RunDirError
@@ -52,10 +53,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
-    """The untrained All-CNN-C of `cfg` for `data` (PyTorch's default initialization)."""
-    return AllCNN(
+    """The untrained All-CNN-C of `cfg` for `data` (PyTorch's default initialization), with
+    the noise modules `cfg.noise` asks for."""
+    model = AllCNN(
         data.in_channels, data.num_classes, width=cfg.width, norm=cfg.norm, padding=cfg.padding
     )
+    if cfg.noise is not None:
+        add_noise(
+            model, cfg.noise, sigma_s=cfg.sigma_s, per_channel=not cfg.sigma_s_per_layer,
+            sigma_v=cfg.sigma_v, sigma_u=cfg.sigma_u,
+        )  # fmt: skip
+    return model
 
 
 def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
@@ -145,6 +153,8 @@ def train(
         after_step = [project_, *after_step]
     if cfg.gamma_decay:
         loss_terms = [lambda m: cfg.gamma_decay * gamma_decay(m), *loss_terms]
+    if cfg.noise == "bayes":
+        loss_terms = [elbo_loss_term(cfg.kl_factor, len(data.train)), *loss_terms]
     history: list[dict[str, float]] = []
     state = run.checkpoint() if run is not None and resume else None
     if state is not None:
