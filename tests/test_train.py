@@ -136,6 +136,7 @@ def test_noisy_runs_train_and_resume(tmp_path, tiny_fashion, noise):
     cfg = TrainConfig(
         **{
             **TINY,
+            "lr": 0.01,
             "norm": "weight",
             "project": True,
             "noise": noise,
