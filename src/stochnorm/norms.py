@@ -14,18 +14,16 @@ not a submodule, so parameters are not listed twice.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .errors import ConfigError
+from .options import Option
 
 Layer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 
 
-class Norm(str, Enum):
+class Norm(Option):
     """Normalization placed after every conv/linear layer."""
 
     NONE = "none"  # plain network (optionally with data-dependent initialization)
@@ -33,14 +31,6 @@ class Norm(str, Enum):
     WEIGHT = "weight"  # mu = a (the layer's bias, if any), sigma = ||w||
     ANALYTIC = "analytic"  # mu, sigma propagated from the data's input moments (moments.py)
     POPULATION = "population"  # mu, sigma = running population estimates, also in training
-
-    @classmethod
-    def parse(cls, name: str | Norm) -> Norm:
-        try:
-            return cls(name)
-        except ValueError:
-            choices = ", ".join(n.value for n in cls)
-            raise ConfigError(f"unknown norm {name!r}; choose one of: {choices}") from None
 
 
 def out_features(layer: nn.Module) -> int:

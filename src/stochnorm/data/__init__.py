@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
-from ..errors import ConfigError
+from ..options import Option
 from . import cifar10, fashion_mnist
 from .raw import RawDataset
 from .splits import Split, Splits, augment, batches, split
 
 
-class Dataset(str, Enum):
+class Dataset(Option):
     FASHION_MNIST = "fashion-mnist"
     CIFAR10 = "cifar10"
-
-    @classmethod
-    def parse(cls, name: str | Dataset) -> Dataset:
-        try:
-            return cls(name)
-        except ValueError:
-            choices = ", ".join(d.value for d in cls)
-            raise ConfigError(f"unknown dataset {name!r}; choose one of: {choices}") from None
 
 
 _READERS = {Dataset.FASHION_MNIST: fashion_mnist, Dataset.CIFAR10: cifar10}
