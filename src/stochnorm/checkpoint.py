@@ -14,9 +14,18 @@ import torch
 from .errors import RunDirError
 
 
-def _atomic_write(path: Path, write) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write `path` by calling `write(file)` on a temporary file beside it, then renaming
+    it into place; on any error the temporary file is removed and `path` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -29,7 +38,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_json(data: Any, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def load_json(path: Path) -> Any:
@@ -44,7 +53,7 @@ def load_json(path: Path) -> Any:
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Save tensors, numbers, strings and containers of them (nothing that needs pickle's
     code execution on load)."""
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from ..checkpoint import atomic_write
 from ..errors import DataError
 
 
@@ -36,14 +36,7 @@ def download(
     got = digest(content)
     if got != expected:
         raise DataError(f"{url}: checksum mismatch (got {got}, expected {expected})")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(dest, lambda f: f.write(content))
     return dest
 
 
