@@ -116,3 +116,27 @@ def test_help_documents_every_flag():
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "--norm-batch" in text and "--resume" in text and "--project" in text
+
+
+def test_evaluate_reports_mc_columns_for_a_bayes_run(tmp_path, capsys):
+    run = tmp_path / "bayes"
+    flags = [
+        "--norm",
+        "weight",
+        "--project",
+        "--noise",
+        "bayes",
+        "--sigma-s",
+        "0.3",
+        "--lr",
+        "0.01",
+    ]
+    assert main(["train", *SMALL, *flags, "--out", str(run)]) == 0
+    assert main(["evaluate", str(run), "--samples", "3"]) == 0
+    test = json.loads((run / "evaluation.json").read_text())["test"]
+    assert set(test) == {"single", "mc3"}
+    assert test["single"]["nll"] != test["mc3"]["nll"]
+    for entry in test.values():
+        assert 0 <= entry["aurc_entropy"] <= 1 and len(entry["curve_entropy"]["error"]) == 100
+    assert (run / "error_coverage.png").stat().st_size > 10_000
+    assert "test mc3: accuracy" in capsys.readouterr().out

@@ -88,7 +88,8 @@ def elbo_loss_term(kl_factor: float, dataset_size: int) -> Callable[[nn.Module],
     return lambda model: kl_divergence(model) * (kl_factor / dataset_size)
 
 
-def _noise_modules(model: nn.Module) -> list[_Noise]:
+def noise_modules(model: nn.Module) -> list[_Noise]:
+    """Every noise module of `model`."""
     return [m for m in model.modules() if isinstance(m, _Noise)]
 
 
@@ -96,7 +97,7 @@ def _noise_modules(model: nn.Module) -> list[_Noise]:
 def sampling(model: nn.Module, generator: torch.Generator | None = None) -> Iterator[nn.Module]:
     """Within the block every noise module of `model` samples even in eval mode, drawing
     from `generator` when given; normalization statistics stay frozen in eval mode."""
-    modules = _noise_modules(model)
+    modules = noise_modules(model)
     saved = [(m.sampling, m.generator) for m in modules]
     for m in modules:
         m.sampling, m.generator = True, generator
@@ -123,7 +124,7 @@ def predict(
     explicit dimension [K, N, C] before averaging. The model may output logits or
     log-probabilities (softmax maps both to the same probabilities).
     """
-    if not _noise_modules(model):
+    if not noise_modules(model):
         samples = 0  # nothing is random: every sample would be the single pass
     was_training = model.training
     model.eval()

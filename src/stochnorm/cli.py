@@ -146,15 +146,34 @@ def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .bayes import noise_modules
     from .checkpoint import save_json
+    from .evaluation import uncertainty_report
+    from .plots import plot_error_coverage
     from .provenance import provenance
     from .train import final_metrics, load_run, resolve_device
 
     device = resolve_device(args.device)
     cfg, data, model = load_run(args.run_dir, device=device)
-    result = {"metrics": final_metrics(model, data, cfg, device), "provenance": provenance(device)}
-    save_json(result, Path(args.run_dir) / "evaluation.json")
+    samples = tuple(args.samples) if noise_modules(model) else ()
+    test = uncertainty_report(
+        model, data.test, samples=samples, batch_size=cfg.eval_batch_size, device=device,
+        seed=args.seed,
+    )  # fmt: skip
+    result = {
+        "metrics": final_metrics(model, data, cfg, device),
+        "test": test,
+        "provenance": provenance(device),
+    }
+    out = Path(args.run_dir)
+    save_json(result, out / "evaluation.json")
+    plot_error_coverage({out.name: test}, out / "error_coverage.png")
     _print_final(args.run_dir, {"diverged": False, "final": result["metrics"]})
+    for mode, entry in test.items():
+        print(
+            f"  test {mode}: accuracy {100 * entry['accuracy']:.2f}%  NLL {entry['nll']:.4f}  "
+            f"ECE {entry['ece']:.4f}  AURC (entropy) {100 * entry['aurc_entropy']:.2f}%"
+        )
     return 0
 
 
@@ -265,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on validation and test sets")
     p.add_argument("run_dir", help="a run directory written by `stochnorm train`")
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
+    p.add_argument(
+        "--samples", type=_number(int), nargs="+", default=[10, 30],
+        help="Monte-Carlo sample counts for models with noise (default: 10 30)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=_number(int), default=0, help="seed of the MC samples")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

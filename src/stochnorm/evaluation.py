@@ -7,21 +7,57 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import metrics
-from .data import Split, batches
+from .bayes import predict
+from .data import Split
 
 
-@torch.no_grad()
 def predict_probs(
-    model: nn.Module, data: Split, *, batch_size: int = 500, device: torch.device | str = "cpu"
+    model: nn.Module,
+    data: Split,
+    *,
+    samples: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Class probabilities [N, C] of a model that outputs log-probabilities, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = [model(x.to(device)).float().exp().cpu() for x, _ in batches(data, batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    """Class probabilities [N, C] of the eval-mode model on `data` (on the CPU): the single
+    pass with mean parameters, or the MC average over `samples` noisy passes."""
+    probs = predict(model, data.x.to(device), samples, generator=generator, batch_size=batch_size)
+    return probs.cpu()
+
+
+def uncertainty_report(
+    model: nn.Module,
+    data: Split,
+    *,
+    samples: tuple[int, ...] = (10, 30),
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    points: int = 100,
+) -> dict[str, dict]:
+    """Per prediction mode ("single" and "mc{K}" for each K in `samples`): accuracy, NLL,
+    ECE, Brier, and the error-vs-coverage curves rejecting by predictive entropy and by
+    max probability with their AURC (main paper Table 1 and Fig. A.3). Curves are kept at
+    `points` coverages k / points."""
+    modes = {"single": 0, **{f"mc{k}": k for k in samples if k > 1}}
+    report = {}
+    for name, k in modes.items():
+        g = torch.Generator(device=device).manual_seed(seed) if k else None
+        probs = predict_probs(
+            model, data, samples=k, batch_size=batch_size, device=device, generator=g
+        )
+        entry = metrics.summary(probs, data.y)
+        for score in ("entropy", "max-prob"):
+            coverage, error = metrics.error_coverage(probs, data.y, score)
+            entry[f"aurc_{score}"] = error.mean().item()
+            idx = (torch.arange(1, points + 1) * len(coverage) // points - 1).clamp_min(0)
+            entry[f"curve_{score}"] = {
+                "coverage": coverage[idx].tolist(),
+                "error": error[idx].tolist(),
+            }
+        report[name] = entry
+    return report
 
 
 def loss_and_accuracy(

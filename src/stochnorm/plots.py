@@ -38,3 +38,28 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_error_coverage(reports: Mapping[str, Mapping[str, Mapping]], path: Path) -> Path:
+    """Error rate of the kept samples against the kept fraction (main paper Fig. A.3),
+    rejecting by predictive entropy (left) and by max probability (right); one line per
+    run and prediction mode. `reports`: {label: uncertainty_report(...)}."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, score in zip(axes, ("entropy", "max-prob"), strict=True):
+        for i, (label, report) in enumerate(reports.items()):
+            for j, (mode, entry) in enumerate(report.items()):
+                curve = entry[f"curve_{score}"]
+                ax.plot(
+                    curve["coverage"], [100 * e for e in curve["error"]], color=f"C{i}",
+                    ls=("-", "--", ":", "-.")[j % 4],
+                    label=f"{label} {mode} (AURC {100 * entry[f'aurc_{score}']:.2f})",
+                )  # fmt: skip
+        ax.set(title=f"rejecting by {score}", xlabel="coverage (kept fraction)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("error on kept samples, %")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
