@@ -132,7 +132,7 @@ def test_evaluate_reports_mc_columns_for_a_bayes_run(tmp_path, capsys):
         "0.01",
     ]
     assert main(["train", *SMALL, *flags, "--out", str(run)]) == 0
-    assert main(["evaluate", str(run), "--samples", "3"]) == 0
+    assert main(["evaluate", str(run), "--samples", "3", "--robustness-size", "300"]) == 0
     test = json.loads((run / "evaluation.json").read_text())["test"]
     assert set(test) == {"single", "mc3"}
     assert test["single"]["nll"] != test["mc3"]["nll"]
@@ -140,3 +140,15 @@ def test_evaluate_reports_mc_columns_for_a_bayes_run(tmp_path, capsys):
         assert 0 <= entry["aurc_entropy"] <= 1 and len(entry["curve_entropy"]["error"]) == 100
     assert (run / "error_coverage.png").stat().st_size > 10_000
     assert "test mc3: accuracy" in capsys.readouterr().out
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    robustness = evaluation["robustness"]
+    assert robustness["images"] == 300 and set(robustness["fgsm"]) == {"single", "mc3"}
+    fgsm = robustness["fgsm"]["single"]
+    # eps = 0 and std = 0 both give the clean accuracy of the same images
+    gaussian = robustness["gaussian"]["single"]
+    assert gaussian[0]["std"] == 0.0 and fgsm[0]["eps"] == 0.0
+    assert gaussian[0]["accuracy"] == fgsm[0]["accuracy"]
+    # the attack hurts the model it was computed for
+    assert fgsm[-1]["accuracy"] < fgsm[0]["accuracy"]
+    assert len(evaluation["learned_noise"]) == 9
+    assert (run / "robustness.png").stat().st_size > 10_000

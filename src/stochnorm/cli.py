@@ -148,8 +148,8 @@ def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .bayes import noise_modules
     from .checkpoint import save_json
-    from .evaluation import uncertainty_report
-    from .plots import plot_error_coverage
+    from .evaluation import fgsm_robustness, learned_noise, noise_robustness, uncertainty_report
+    from .plots import plot_error_coverage, plot_robustness
     from .provenance import provenance
     from .train import final_metrics, load_run, resolve_device
 
@@ -163,9 +163,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = {
         "metrics": final_metrics(model, data, cfg, device),
         "test": test,
+        "learned_noise": learned_noise(model),
         "provenance": provenance(device),
     }
     out = Path(args.run_dir)
+    if args.robustness_size:
+        subset = data.test.head(args.robustness_size)
+        modes = {"single": 0, **({f"mc{samples[0]}": samples[0]} if samples else {})}
+        kwargs = {"batch_size": cfg.eval_batch_size, "device": device, "seed": args.seed}
+        result["robustness"] = {
+            "images": len(subset),
+            "gaussian": {
+                m: noise_robustness(model, subset, samples=k, **kwargs) for m, k in modes.items()
+            },
+            "fgsm": {
+                m: fgsm_robustness(model, subset, samples=k, **kwargs) for m, k in modes.items()
+            },
+        }
+        plot_robustness({out.name: result["robustness"]}, out / "robustness.png")
     save_json(result, out / "evaluation.json")
     plot_error_coverage({out.name: test}, out / "error_coverage.png")
     _print_final(args.run_dir, {"diverged": False, "final": result["metrics"]})
@@ -289,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Monte-Carlo sample counts for models with noise (default: 10 30)",
     )  # fmt: skip
     p.add_argument("--seed", type=_number(int), default=0, help="seed of the MC samples")
+    p.add_argument(
+        "--robustness-size", type=_number(int), default=2000,
+        help="test images for the Gaussian-noise and FGSM curves (0: skip them; default 2000)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

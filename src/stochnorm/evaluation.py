@@ -71,3 +71,80 @@ def loss_and_accuracy(
 def nll_loss(log_probs: Tensor, labels: Tensor) -> Tensor:
     """The training loss: mean negative log-likelihood over the batch."""
     return F.nll_loss(log_probs, labels)
+
+
+def noise_robustness(
+    model: nn.Module,
+    data: Split,
+    stds: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0),
+    *,
+    samples: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Accuracy under additive Gaussian input noise of each std (in the standardized input
+    space), for the single pass (`samples` <= 1) or the MC average (main paper Fig. A.4)."""
+    rows = []
+    for std in stds:
+        g = torch.Generator().manual_seed(seed)
+        noisy = Split(data.x + std * torch.randn(data.x.shape, generator=g), data.y)
+        mc = torch.Generator(device=device).manual_seed(seed) if samples > 1 else None
+        probs = predict_probs(
+            model, noisy, samples=samples, batch_size=batch_size, device=device, generator=mc
+        )
+        rows.append({"std": std, "accuracy": metrics.accuracy(probs, data.y)})
+    return rows
+
+
+def fgsm_robustness(
+    model: nn.Module,
+    data: Split,
+    epsilons: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2),
+    *,
+    samples: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Accuracy under the fast gradient sign attack `x' = x + eps sign(grad_x NLL)` of the
+    deterministic eval-mode model (SPEC section 6), evaluated by the single pass or the MC
+    average (main paper Fig. A.4)."""
+    was_training = model.training
+    model.eval()
+    try:
+        signs = []
+        for start in range(0, len(data), batch_size):
+            x = data.x[start : start + batch_size].to(device).clone().requires_grad_(True)
+            y = data.y[start : start + batch_size].to(device)
+            loss = F.cross_entropy(model(x), y)  # log-probs or logits: same gradient sign
+            (grad,) = torch.autograd.grad(loss, x)
+            signs.append(grad.sign().cpu())
+        sign = torch.cat(signs)
+    finally:
+        model.train(was_training)
+    rows = []
+    for eps in epsilons:
+        mc = torch.Generator(device=device).manual_seed(seed) if samples > 1 else None
+        probs = predict_probs(
+            model, Split(data.x + eps * sign, data.y), samples=samples, batch_size=batch_size,
+            device=device, generator=mc,
+        )  # fmt: skip
+        rows.append({"eps": eps, "accuracy": metrics.accuracy(probs, data.y)})
+    return rows
+
+
+def learned_noise(model: nn.Module) -> list[dict[str, float]]:
+    """Per normalization layer with learned scale noise: the mean over channels of
+    sigma_S / |s| (main paper section 3.5 reports these per layer)."""
+    from .noise import ScaleNoise
+    from .norms import normalizations
+
+    rows = []
+    for i, layer in enumerate(normalizations(model), start=1):
+        if isinstance(layer.noise, ScaleNoise):
+            ratio = layer.noise.sigma_s.expand_as(layer.weight) / layer.weight.abs().clamp_min(
+                1e-12
+            )
+            rows.append({"layer": i, "sigma_s_over_s": ratio.mean().item()})
+    return rows

@@ -63,3 +63,26 @@ def plot_error_coverage(reports: Mapping[str, Mapping[str, Mapping]], path: Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_robustness(reports: Mapping[str, Mapping], path: Path) -> Path:
+    """Accuracy against the std of Gaussian input noise (left) and the FGSM step (right),
+    main paper Fig. A.4; one colour per run, one line style per prediction mode."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, (kind, key) in zip(axes, (("gaussian", "std"), ("fgsm", "eps")), strict=True):
+        for i, (label, report) in enumerate(reports.items()):
+            for j, (mode, rows) in enumerate(report[kind].items()):
+                ax.plot(
+                    [r[key] for r in rows], [100 * r["accuracy"] for r in rows], marker="o",
+                    ms=3, color=f"C{i}", ls=("-", "--", ":")[j % 3],
+                    label=f"{label} {mode} ({100 * rows[0]['accuracy']:.1f})",
+                )  # fmt: skip
+        ax.set(xlabel="noise std" if kind == "gaussian" else "FGSM eps", title=kind)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("test accuracy, %")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
