@@ -268,6 +268,45 @@ def _cmd_an_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bn_noise(args: argparse.Namespace) -> int:
+    from .checkpoint import save_json
+    from .diagnostics import bn_noise, summarize_bn_noise
+    from .plots import plot_bn_noise
+    from .provenance import provenance
+    from .train import load_run
+
+    cfg, data, model = load_run(args.run)
+    if cfg.norm != "batch":
+        raise ConfigError(f"{args.run} was trained with norm={cfg.norm}; bn-noise needs batch")
+    result = bn_noise(model, data, tuple(args.batch_sizes), batches=args.batches, seed=args.seed)
+    summary = summarize_bn_noise(result, cfg.batch_size)
+    out = Path(args.out or Path(args.run) / "bn-noise")
+    plot_bn_noise(result, summary, out / "bn-noise.png", qq_layer=args.qq_layer)
+    for layer in result["layers"]:  # keep the chi2 samples of the training batch size only
+        for entry in layer["per_batch_size"]:
+            if entry["k"] != cfg.batch_size:
+                entry.pop("chi2")
+    save_json({"summary": summary, "measurements": result, "run": str(args.run),
+               "provenance": provenance()}, out / "bn-noise.json")  # fmt: skip
+    lines = [
+        f"BN noise of {args.run} (batch size {cfg.batch_size}, {args.batches} random batches "
+        "per batch size):",
+        "",
+        "| layer | z | sigma_V | sigma_U | KS(n S^2/sigma^2, chi2(n-1)) | slope of var vs k |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary["layers"]:
+        lines.append(
+            f"| {r['layer']} | {r['spatial']} | {r['sigma_v']:.4f} | {r['sigma_u']:.4f} | "
+            f"{r['chi2_ks']:.3f} | {r['var_vs_k_slope']:.2f} |"
+        )
+    slope = summary["var_times_k_vs_z_slope"]
+    lines += ["", f"Slope of k * variance against z over layers: {slope:.2f} (model: -1)."]
+    (out / "bn-noise.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from . import data
 
@@ -350,6 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="output directory (default: RUN/an-stats or runs/an-stats-init)")
     _add_config_flags(q)
     q.set_defaults(func=_cmd_an_stats)
+
+    q = checks.add_parser(
+        "bn-noise", help="batch norm's randomness in a trained BN run (paper section 3.1)"
+    )
+    q.add_argument("run", help="a run directory of a batch-norm run")
+    q.add_argument("--out", help="output directory (default: RUN/bn-noise)")
+    q.add_argument(
+        "--batch-sizes", type=_number(int), nargs="+", default=[4, 8, 16, 32, 64, 128, 256],
+        help="batch sizes to draw (default: 4 ... 256; must include the run's batch size)",
+    )  # fmt: skip
+    q.add_argument("--batches", type=_number(int), default=40, help="batches per batch size")
+    q.add_argument("--qq-layer", type=_number(int), default=6, help="layer of the Q-Q plot")
+    q.add_argument("--seed", type=_number(int), default=0, help="seed of the batches")
+    q.set_defaults(func=_cmd_bn_noise)
 
     p = sub.add_parser("data", help="locate (or download) a dataset and check that it loads")
     p.add_argument("name", help="fashion-mnist or cifar10")

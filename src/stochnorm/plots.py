@@ -86,3 +86,52 @@ def plot_robustness(reports: Mapping[str, Mapping], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_bn_noise(result: Mapping, summary: Mapping, path: Path, qq_layer: int = 6) -> Path:
+    """Main paper Fig. 4 on our network: Q-Q plot of n S^2 / sigma^2 against chi^2(n - 1)
+    for one layer at the training batch size; BN output variance against the batch size k
+    per layer (log-log, model slope -1); k * variance against the spatial size z."""
+    import torch
+
+    from .diagnostics import chi2_quantile
+
+    k0 = summary["batch_size"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    layer = result["layers"][qq_layer - 1]
+    entry = next(e for e in layer["per_batch_size"] if e["k"] == k0)
+    observed = torch.tensor(entry["chi2"], dtype=torch.float64).sort().values
+    probs = (torch.arange(len(observed), dtype=torch.float64) + 0.5) / len(observed)
+    reference = chi2_quantile(probs, entry["n"] - 1)
+    axes[0].plot(reference, observed, ".", ms=2)
+    lims = [min(reference[0], observed[0]).item(), max(reference[-1], observed[-1]).item()]
+    axes[0].plot(lims, lims, "k--", lw=1)
+    ks = summary["layers"][qq_layer - 1]["chi2_ks"]
+    axes[0].set(
+        title=f"layer {qq_layer}, k={k0}, n={entry['n']}: KS {ks:.3f}",
+        xlabel=f"chi2({entry['n'] - 1}) quantiles", ylabel="observed n S^2 / sigma^2",
+    )  # fmt: skip
+    for i, lay in enumerate(result["layers"]):
+        ks_ = [e["k"] for e in lay["per_batch_size"]]
+        axes[1].loglog(ks_, [e["output_var"] for e in lay["per_batch_size"]], "o-", ms=3,
+                       color=f"C{i}", label=f"layer {lay['layer']}")  # fmt: skip
+    ref_k = [result["batch_sizes"][0], result["batch_sizes"][-1]]
+    top = max(e["output_var"] for lay in result["layers"] for e in lay["per_batch_size"])
+    axes[1].loglog(ref_k, [top, top * ref_k[0] / ref_k[1]], "k--", lw=1, label="slope -1")
+    axes[1].set(title="BN output variance vs batch size", xlabel="batch size k")
+    axes[1].legend(fontsize=6, ncol=2)
+    z = [r["spatial"] for r in summary["layers"]]
+    var_k = [k0 * next(e for e in lay["per_batch_size"] if e["k"] == k0)["output_var"]
+             for lay in result["layers"]]  # fmt: skip
+    axes[2].loglog(z, var_k, "o")
+    for r, v in zip(summary["layers"], var_k, strict=True):
+        axes[2].annotate(str(r["layer"]), (r["spatial"], v), fontsize=7)
+    axes[2].set(title=f"k * variance vs spatial size (k={k0})", xlabel="spatial size z")
+    axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,64 @@
+"""BN noise measurements against the model of section 3.1 where its assumptions hold."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stochnorm.data import Split, Splits
+from stochnorm.diagnostics import (
+    bn_noise,
+    chi2_cdf,
+    chi2_quantile,
+    ks_statistic,
+    summarize_bn_noise,
+)
+from stochnorm.norms import BatchNorm
+
+
+def _iid_gaussian_bn(spatial: int = 4):
+    """A BN layer whose inputs are i.i.d. N(a, w^2) over samples and positions, with its
+    population statistics set to the true ones."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 6, 1)
+    bn = BatchNorm(6).bind(conv)
+    with torch.no_grad():
+        bn.running_mean.copy_(conv.bias)
+        bn.running_var.copy_(conv.weight.flatten().pow(2))
+    x = torch.randn(5000, 1, spatial, spatial)
+    data = Splits("gauss", Split(x, torch.zeros(5000, dtype=torch.long)), Split(x[:1], x[:1, 0, 0, 0].long()),
+                  Split(x[:1], x[:1, 0, 0, 0].long()), (0.0,), (1.0,), tuple("ab"), "memory")  # fmt: skip
+    return nn.Sequential(conv, bn), data
+
+
+def test_bn_noise_follows_the_model_for_iid_gaussian_inputs():
+    model, data = _iid_gaussian_bn(spatial=2)
+    result = bn_noise(model, data, (4, 8, 16, 32, 64), batches=60, augment=False)
+    summary = summarize_bn_noise(result, batch_size=16)
+    row = summary["layers"][0]
+    n = 16 * 4
+    # V ~ N(0, 1/n); U = sqrt(n / chi2(n-1)) has std ~ 1/sqrt(2n)
+    assert row["sigma_v"] == pytest.approx(1 / math.sqrt(n), rel=0.15)
+    assert row["sigma_u"] == pytest.approx(1 / math.sqrt(2 * n), rel=0.2)
+    # 60 batches x 6 channels = 360 draws of n S^2 / sigma^2: KS within the 1% critical value
+    assert row["chi2_ks"] < 1.63 / math.sqrt(360)
+    # the variance of a probe's BN output falls as 1/k
+    assert row["var_vs_k_slope"] == pytest.approx(-1.0, abs=0.15)
+    # running statistics are restored
+    assert torch.allclose(model[1].running_var, model[0].weight.flatten().pow(2))
+
+
+def test_chi2_helpers_against_scipy():
+    from scipy import stats
+
+    x = torch.tensor([0.5, 3.0, 10.0, 40.0], dtype=torch.float64)
+    assert torch.allclose(chi2_cdf(x, 7), torch.tensor(stats.chi2(7).cdf(x.numpy())), atol=1e-10)
+    p = torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64)
+    assert torch.allclose(
+        chi2_quantile(p, 1567), torch.tensor(stats.chi2(1567).ppf(p.numpy())), rtol=1e-8
+    )
+    samples = torch.tensor(stats.norm.rvs(size=500, random_state=1))
+    ref = stats.kstest(samples.numpy(), "norm").statistic
+    normal_cdf = lambda t: 0.5 * torch.erfc(-t / math.sqrt(2))  # noqa: E731
+    assert ks_statistic(samples, normal_cdf) == pytest.approx(ref, rel=1e-9)
