@@ -152,3 +152,18 @@ def test_evaluate_reports_mc_columns_for_a_bayes_run(tmp_path, capsys):
     assert fgsm[-1]["accuracy"] < fgsm[0]["accuracy"]
     assert len(evaluation["learned_noise"]) == 9
     assert (run / "robustness.png").stat().st_size > 10_000
+
+
+def test_noise_from_a_bn_noise_file(tmp_path):
+    from stochnorm.cli import _config, build_parser
+
+    path = tmp_path / "bn-noise.json"
+    path.write_text(json.dumps({"summary": {"sigma_v": [0.01] * 9, "sigma_u": [0.02] * 9}}))
+    args = build_parser().parse_args(
+        ["train", "--norm", "weight", "--noise", "bn-like", "--noise-from", str(path)]
+    )
+    cfg = _config(args)
+    assert cfg.sigma_v == (0.01,) * 9 and cfg.sigma_u == (0.02,) * 9
+    path.write_text(json.dumps({"summary": {}}))
+    with pytest.raises(Exception, match="not bn-noise output"):
+        _config(build_parser().parse_args(["train", "--noise-from", str(path)]))

@@ -58,3 +58,15 @@ def test_json_round_trip(tmp_path):
     path.write_text(json.dumps({**cfg.to_dict(), "dropout": 0.5}))
     with pytest.raises(ConfigError, match="dropout"):
         TrainConfig.load(path)
+
+
+def test_per_layer_bn_like_sigmas_round_trip(tmp_path):
+    cfg = TrainConfig(norm="weight", noise="bn-like", sigma_v=[0.1, 0.2], sigma_u=0.05)
+    assert cfg.sigma_v == (0.1, 0.2)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert TrainConfig.load(path) == cfg
+    with pytest.raises(ConfigError, match="sigma_v"):
+        TrainConfig(norm="weight", noise="bn-like", sigma_v=[0.1, -0.2])
+    with pytest.raises(ConfigError, match="noise needs a normalization"):
+        TrainConfig(norm="none", noise="bayes")

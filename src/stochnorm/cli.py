@@ -37,8 +37,10 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
         "gamma_decay", float, "coefficient of the penalty on the squared scales s (Luo et al.; 0)",
     ),
     "--noise": ("noise", str, "noise after every normalization: bn-like or bayes (none)"),
-    "--sigma-v": ("sigma_v", float, "bn-like noise: std of the additive noise V (0)"),
-    "--sigma-u": ("sigma_u", float, "bn-like noise: std of the multiplicative noise U (0)"),
+    "--sigma-v": ("sigma_v", float, "bn-like noise: std of the additive noise V, all layers (0)"),
+    "--sigma-u": (
+        "sigma_u", float, "bn-like noise: std of the multiplicative noise U, all layers (0)",
+    ),
     "--sigma-s": ("sigma_s", float, "bayes: initial std of the scale posterior q(S) (0.1)"),
     "--kl-factor": ("kl_factor", float, "bayes: weight of the KL term, 1 = Bayesian (1)"),
     "--seed": ("seed", int, "seed of initialization, batch order, augmentation and noise"),
@@ -89,6 +91,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help="project scale-invariant weights onto ||w|| = 1 after every step (off)",
     )  # fmt: skip
     p.add_argument(
+        "--noise-from",
+        metavar="BN_NOISE_JSON",
+        help="bn-like noise: per-layer sigma_V, sigma_U measured by `diagnose bn-noise`",
+    )
+    p.add_argument(
         "--sigma-s-per-layer", action=argparse.BooleanOptionalAction, default=None,
         help="bayes: one sigma_S per layer instead of one per channel (off)",
     )  # fmt: skip
@@ -106,6 +113,15 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         augment=args.augment, data_init=args.data_init, project=args.project,
         exact_first_layer=args.exact_first_layer, sigma_s_per_layer=args.sigma_s_per_layer,
     )  # fmt: skip
+    if getattr(args, "noise_from", None):
+        from .checkpoint import load_json
+
+        summary = load_json(Path(args.noise_from)).get("summary", {})
+        if "sigma_v" not in summary:
+            raise ConfigError(
+                f"{args.noise_from}: no per-layer sigma_v/sigma_u (not bn-noise output)"
+            )
+        values.update(sigma_v=summary["sigma_v"], sigma_u=summary["sigma_u"])
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -25,7 +25,8 @@ class TrainConfig:
     scales to the loss (Luo et al.). `exact_first_layer`: analytic norm computes the moments
     of the first conv's output from the measured covariance of its input patches instead of
     assuming independent pixels. `noise`: None, "bn-like" (fixed noise of std `sigma_v`
-    (additive) and `sigma_u` (multiplicative) after every normalization) or "bayes" (learned
+    (additive) and `sigma_u` (multiplicative) after every normalization; a value for all
+    layers or one per layer) or "bayes" (learned
     scale noise starting at `sigma_s`, one per channel or per layer, trained on the ELBO
     with the KL term weighted by `kl_factor`). `data_init` applies the data-dependent initialization of appendix A.1
     to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
@@ -52,8 +53,8 @@ class TrainConfig:
     gamma_decay: float = 0.0
     exact_first_layer: bool = True
     noise: str | None = None
-    sigma_v: float = 0.0
-    sigma_u: float = 0.0
+    sigma_v: float | tuple[float, ...] = 0.0
+    sigma_u: float | tuple[float, ...] = 0.0
     sigma_s: float = 0.1
     sigma_s_per_layer: bool = False
     kl_factor: float = 1.0
@@ -89,7 +90,13 @@ class TrainConfig:
             f"unknown noise {self.noise!r}; choose bn-like or bayes",
         )
         need(self.noise is None or self.norm != Norm.NONE.value, "noise needs a normalization")
-        need(self.sigma_v >= 0 and self.sigma_u >= 0, "sigma_v and sigma_u must be >= 0")
+        for name in ("sigma_v", "sigma_u"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):  # one value per layer (a list from JSON)
+                value = tuple(float(v) for v in value)
+                object.__setattr__(self, name, value)
+            values = value if isinstance(value, tuple) else (value,)
+            need(all(v >= 0 for v in values), f"{name} must be >= 0")
         need(self.sigma_s > 0, f"sigma_s must be > 0, got {self.sigma_s}")
         need(self.kl_factor >= 0, f"kl_factor must be >= 0, got {self.kl_factor}")
         need(self.eval_train_size >= 0, "eval_train_size must be >= 0")
