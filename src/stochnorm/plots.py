@@ -11,6 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
     """Training loss (train mode, solid; eval mode on a fixed training subset, dashed),
     validation loss and validation accuracy against epochs, one colour per run."""
@@ -33,11 +41,7 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Pa
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_error_coverage(reports: Mapping[str, Mapping[str, Mapping]], path: Path) -> Path:
@@ -58,11 +62,7 @@ def plot_error_coverage(reports: Mapping[str, Mapping[str, Mapping]], path: Path
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel("error on kept samples, %")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_robustness(reports: Mapping[str, Mapping], path: Path) -> Path:
@@ -81,11 +81,7 @@ def plot_robustness(reports: Mapping[str, Mapping], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("test accuracy, %")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_bn_noise(result: Mapping, summary: Mapping, path: Path, qq_layer: int = 6) -> Path:
@@ -130,8 +126,4 @@ def plot_bn_noise(result: Mapping, summary: Mapping, path: Path, qq_layer: int =
     axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
