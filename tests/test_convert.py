@@ -147,3 +147,22 @@ def test_deterministic_norms_do_not_depend_on_the_batch(norm):
     assert torch.allclose(together, alone, atol=1e-5)
     shuffled = model(torch.cat([x[4:], x[:4]]))
     assert torch.allclose(torch.cat([shuffled[4:], shuffled[:4]]), together, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["batch", "analytic"])
+def test_convert_with_bayes_noise(norm):
+    from stochnorm.bayes import kl_divergence, predict
+    from stochnorm.noise import ScaleNoise
+
+    model = _trained_bn_resnet().eval()
+    new = convert(model, norm, noise="bayes", sigma_s=0.2)
+    layers = normalizations(new)
+    assert all(isinstance(n.noise, ScaleNoise) for n in layers)
+    assert kl_divergence(new).item() > 0
+    x = torch.randn(3, 3, 16, 16)
+    if norm == "batch":  # mean parameters reproduce the BN model's function
+        assert torch.allclose(new.eval()(x), model(x), atol=1e-4)
+    probs = predict(new, x, samples=5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
+    new.train()(x).sum().backward()  # trains, gradients reach the noise scale
+    assert all(n.noise.u.grad is not None for n in layers)

@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 
 from . import analytic
+from .bayes import add_noise
 from .norms import BatchNorm, Norm, _Normalization, make_norm, out_features
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -49,15 +50,19 @@ def _layer_norm_pairs(model: nn.Module) -> list[tuple[str, str]]:
 def convert(
     model: nn.Module,
     norm: str | Norm,
+    noise: str | None = None,
     *,
     input_mean: torch.Tensor | float = 0.0,
     input_var: torch.Tensor | float = 1.0,
+    **noise_options,
 ) -> nn.Module:
     """A copy of `model` in which every batch normalization (PyTorch's or stochnorm's) that
     follows a conv/linear layer becomes the normalization `norm`, bound to that layer. The
     affine parameters (s, b) are copied; BN's running statistics are kept where the new
     normalization has them. For `norm="analytic"`, moments are propagated from the given
     per-channel input moments (defaults: standardized inputs). `norm="none"` is `fold`.
+    `noise` ("bn-like" or "bayes") adds noise after every new normalization, with
+    `noise_options` passed to `stochnorm.bayes.add_noise`.
     """
     norm = Norm.parse(norm)
     if norm is Norm.NONE:
@@ -86,6 +91,8 @@ def convert(
         _set_submodule(new, norm_name, replacement)
     if norm is Norm.ANALYTIC:
         analytic.attach(new, input_mean, input_var)
+    if noise is not None:
+        add_noise(new, noise, **noise_options)
     return new
 
 
