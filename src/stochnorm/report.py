@@ -21,10 +21,10 @@ def write_report(runs: Sequence[RunDir], out: Path, title: str = "stochnorm repo
     lines = [
         f"# {title}",
         "",
-        "| run | norm | width | train images | epochs | lr | train loss (train mode) "
-        "| train loss (eval mode) | val acc % | test acc % | test NLL | test ECE | test Brier "
-        "| minutes |",
-        "|" + "---|" * 14,
+        "| run | norm | projection | noise | width | train images | epochs | lr "
+        "| train loss (train mode) | train loss (eval mode) | val acc % | test acc % | test NLL "
+        "| test ECE | test Brier | minutes |",
+        "|" + "---|" * 16,
     ]
     for run, m in loaded:
         cfg, last = m["config"], (m["history"][-1] if m["history"] else {})
@@ -33,7 +33,8 @@ def write_report(runs: Sequence[RunDir], out: Path, title: str = "stochnorm repo
         if not m.get("complete"):
             status = " (diverged)" if m.get("diverged") else " (incomplete)"
         cells = [
-            f"{run.name}{status}", cfg["norm"], f"{cfg['width']:.3g}", str(m["data"]["train"]),
+            f"{run.name}{status}", cfg["norm"], "yes" if cfg.get("project") else "no",
+            cfg.get("noise") or "-", f"{cfg['width']:.3g}", str(m["data"]["train"]),
             f"{len(m['history'])}/{cfg['epochs']}", f"{cfg['lr']:.3g}",
             f"{last.get('train_loss', float('nan')):.4f}",
             f"{last.get('train_eval_loss', float('nan')):.4f}",
