@@ -52,6 +52,24 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
 }  # fmt: skip
 
 
+SWITCHES = {  # on/off flag (--x / --no-x) -> (TrainConfig field, help)
+    "--augment": ("augment", "random 2-px translation and horizontal flip of training images (on)"),
+    "--data-init": (
+        "data_init", "data-dependent initialization of the plain network and weight norm (on)",
+    ),
+    "--project": (
+        "project", "project scale-invariant weights onto ||w|| = 1 after every step (off)",
+    ),
+    "--sigma-s-per-layer": (
+        "sigma_s_per_layer", "bayes: one sigma_S per layer instead of one per channel (off)",
+    ),
+    "--exact-first-layer": (
+        "exact_first_layer",
+        "analytic norm: first-layer moments from the input patch covariance (on)",
+    ),
+}  # fmt: skip
+
+
 class _Parser(argparse.ArgumentParser):
     """Reports a usage error on one line."""
 
@@ -78,30 +96,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     for flag, (_, kind, text) in CONFIG_FLAGS.items():
         p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
+    for flag, (_, text) in SWITCHES.items():
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     p.add_argument(
-        "--augment", action=argparse.BooleanOptionalAction, default=None,
-        help="random 2-px translation and horizontal flip of training images (on)",
-    )  # fmt: skip
-    p.add_argument(
-        "--data-init", action=argparse.BooleanOptionalAction, default=None,
-        help="data-dependent initialization of the plain network and weight norm (on)",
-    )  # fmt: skip
-    p.add_argument(
-        "--project", action=argparse.BooleanOptionalAction, default=None,
-        help="project scale-invariant weights onto ||w|| = 1 after every step (off)",
-    )  # fmt: skip
-    p.add_argument(
-        "--noise-from",
-        metavar="BN_NOISE_JSON",
+        "--noise-from", metavar="BN_NOISE_JSON",
         help="bn-like noise: per-layer sigma_V, sigma_U measured by `diagnose bn-noise`",
-    )
-    p.add_argument(
-        "--sigma-s-per-layer", action=argparse.BooleanOptionalAction, default=None,
-        help="bayes: one sigma_S per layer instead of one per channel (off)",
-    )  # fmt: skip
-    p.add_argument(
-        "--exact-first-layer", action=argparse.BooleanOptionalAction, default=None,
-        help="analytic norm: first-layer moments from the input patch covariance (on)",
     )  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -109,10 +108,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
-    values.update(
-        augment=args.augment, data_init=args.data_init, project=args.project,
-        exact_first_layer=args.exact_first_layer, sigma_s_per_layer=args.sigma_s_per_layer,
-    )  # fmt: skip
+    values.update({field: getattr(args, field) for field, _ in SWITCHES.values()})
     if getattr(args, "noise_from", None):
         from .checkpoint import load_json
 
