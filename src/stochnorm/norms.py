@@ -96,6 +96,12 @@ class _Normalization(nn.Module):
         shape = (1, -1) + (1,) * (u.ndim - 2)
         return (u - mu.view(shape)) / sigma.view(shape)
 
+    def _check_input(self, u: Tensor) -> None:
+        if u.ndim < 2 or u.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) got input of shape {tuple(u.shape)}"
+            )
+
     def kl(self) -> Tensor:
         """KL divergence of the noise's posterior to its prior (0 without a learned one)."""
         if self.noise is None or not hasattr(self.noise, "kl"):
@@ -103,10 +109,7 @@ class _Normalization(nn.Module):
         return self.noise.kl(self.weight)
 
     def forward(self, u: Tensor) -> Tensor:
-        if u.ndim < 2 or u.shape[1] != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__}({self.num_features}) got input of shape {tuple(u.shape)}"
-            )
+        self._check_input(u)
         if self.noise is not None:
             return self.noise(self.normalize(u), self.weight, self.bias)
         # (u - mu) / sigma * s + b as one fused multiply-add: u * scale + shift
@@ -159,8 +162,7 @@ class BatchNorm(_Normalization):
         if self.noise is not None:
             return super().forward(u)
         # the fused kernel computes the same as the base formula, faster
-        if u.ndim < 2 or u.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm({self.num_features}) got input of shape {tuple(u.shape)}")
+        self._check_input(u)
         if self.training:
             self.num_batches_tracked += 1
         return F.batch_norm(
@@ -251,7 +253,8 @@ class PopulationNorm(BatchNorm):
         return self.running_mean, (self.running_var + self.eps).sqrt()
 
     def forward(self, u: Tensor) -> Tensor:
-        if self.noise is not None or u.ndim < 2 or u.shape[1] != self.num_features:
+        self._check_input(u)
+        if self.noise is not None:
             return _Normalization.forward(self, u)
         # no gradient flows through the population statistics, so the fused evaluation-mode
         # kernel applies them (and the affine) in one pass
