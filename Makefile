@@ -44,10 +44,15 @@ clean:
 # Committed quick-profile runs (results/quick/NAME): the paper's learning-rate search per
 # training case, a 60-epoch run with the rate found, then a report. NAME is a norm, with
 # "-proj" for projection onto ||w|| = 1 (e.g. batch, none, weight-proj, analytic-proj).
+# Suffixes: "-bnlike" adds BN-like noise with the sigmas measured on the quick BN run,
+# "-bayes" learned scale noise (e.g. analytic-proj-bayes).
 QUICK := results/quick
 GAMMA_DECAY := 1e-4
-quick_flags = --norm $(subst -proj,,$(1)) $(if $(findstring -proj,$(1)),--project) \
-  $(if $(findstring population,$(1)),--gamma-decay $(GAMMA_DECAY))
+BN_NOISE := results/bn-noise/bn-noise.json
+quick_flags = --norm $(firstword $(subst -, ,$(1))) $(if $(findstring -proj,$(1)),--project) \
+  $(if $(findstring population,$(1)),--gamma-decay $(GAMMA_DECAY)) \
+  $(if $(findstring -bnlike,$(1)),--noise bn-like --noise-from $(BN_NOISE)) \
+  $(if $(findstring -bayes,$(1)),--noise bayes)
 
 $(QUICK)/lr-find-%.json: | setup data
 	$(BIN)/stochnorm lr-find --profile quick $(call quick_flags,$*) --no-progress --out $@

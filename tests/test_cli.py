@@ -167,3 +167,28 @@ def test_noise_from_a_bn_noise_file(tmp_path):
     path.write_text(json.dumps({"summary": {}}))
     with pytest.raises(Exception, match="not bn-noise output"):
         _config(build_parser().parse_args(["train", "--noise-from", str(path)]))
+
+
+def test_demo_trains_evaluates_and_reports_both_runs(tmp_path, capsys, monkeypatch):
+    from stochnorm import demo
+
+    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50}
+    runs = {name: {**o, **tiny} for name, o in demo.DEMO_RUNS.items()}
+    monkeypatch.setattr(demo, "DEMO_RUNS", runs)
+    monkeypatch.setattr(demo, "DEMO_SAMPLES", (2, 3))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert "NLL MC-2" in report and "NLL single pass" in report
+    bayes = json.loads((out / "analytic-proj-bayes" / "evaluation.json").read_text())
+    assert set(bayes["test"]) == {"single", "mc2", "mc3"} and len(bayes["learned_noise"]) == 9
+    batch = json.loads((out / "batch" / "evaluation.json").read_text())
+    assert set(batch["test"]) == {"single"}
+    for name in runs:
+        assert name in report and name in printed
+    assert (out / "error_coverage.png").stat().st_size > 10_000
+    # a second call finds both runs done and only rewrites the report
+    stamp = (out / "batch" / "checkpoint.pt").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "batch" / "checkpoint.pt").stat().st_mtime_ns == stamp

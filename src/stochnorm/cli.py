@@ -1,4 +1,4 @@
-"""The `stochnorm` command: train, evaluate, lr-find, report, demo, data."""
+"""The `stochnorm` command: train, evaluate, lr-find, report, demo, reproduce, diagnose, data."""
 
 from __future__ import annotations
 
@@ -158,43 +158,13 @@ def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .bayes import noise_modules
-    from .checkpoint import save_json
-    from .evaluation import fgsm_robustness, learned_noise, noise_robustness, uncertainty_report
-    from .plots import plot_error_coverage, plot_robustness
-    from .provenance import provenance
-    from .train import final_metrics, load_run, resolve_device
+    from .evaluation import evaluate_run
 
-    device = resolve_device(args.device)
-    cfg, data, model = load_run(args.run_dir, device=device)
-    samples = tuple(args.samples) if noise_modules(model) else ()
-    test = uncertainty_report(
-        model, data.test, samples=samples, batch_size=cfg.eval_batch_size, device=device,
-        seed=args.seed,
+    result = evaluate_run(
+        args.run_dir, samples=tuple(args.samples), seed=args.seed,
+        robustness_size=args.robustness_size, device=args.device,
     )  # fmt: skip
-    result = {
-        "metrics": final_metrics(model, data, cfg, device),
-        "test": test,
-        "learned_noise": learned_noise(model),
-        "provenance": provenance(device),
-    }
-    out = Path(args.run_dir)
-    if args.robustness_size:
-        subset = data.test.head(args.robustness_size)
-        modes = {"single": 0, **({f"mc{samples[0]}": samples[0]} if samples else {})}
-        kwargs = {"batch_size": cfg.eval_batch_size, "device": device, "seed": args.seed}
-        result["robustness"] = {
-            "images": len(subset),
-            "gaussian": {
-                m: noise_robustness(model, subset, samples=k, **kwargs) for m, k in modes.items()
-            },
-            "fgsm": {
-                m: fgsm_robustness(model, subset, samples=k, **kwargs) for m, k in modes.items()
-            },
-        }
-        plot_robustness({out.name: result["robustness"]}, out / "robustness.png")
-    save_json(result, out / "evaluation.json")
-    plot_error_coverage({out.name: test}, out / "error_coverage.png")
+    test = result["test"]
     _print_final(args.run_dir, {"diverged": False, "final": result["metrics"]})
     for mode, entry in test.items():
         print(
@@ -230,6 +200,40 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     path = write_report([RunDir(p).check() for p in args.run_dirs], Path(args.out), args.title)
     print(path)
+    return 0
+
+
+# Settings a user may change for every run of an experiment (the experiment sets the rest).
+REPRODUCE_FLAGS = ("--dataset", "--width", "--padding", "--subset", "--epochs",
+                   "--lr-decay-epochs", "--eval-train-size", "--eval-batch-size")  # fmt: skip
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import PAPERS, Lab, registry, reproduce
+
+    experiments = registry()
+    if args.list or not args.name:
+        for exp in experiments.values():
+            print(f"{exp.name:<28} {exp.paper:<9} {exp.figure:<12} {exp.claim[:70]}...")
+        print("\npapers: " + "; ".join(f"{k} = {v}" for k, v in PAPERS.items()))
+        return 0
+    if args.name not in experiments:
+        raise ConfigError(
+            f"unknown experiment {args.name!r}; `stochnorm reproduce --list` names them"
+        )
+    overrides = {CONFIG_FLAGS[f][0]: getattr(args, CONFIG_FLAGS[f][0]) for f in REPRODUCE_FLAGS}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    out = Path(args.out or f"runs/reproduce/{args.profile}")
+    lab = Lab(
+        args.profile, out / "runs", seed=args.seed, overrides=overrides,
+        reuse=[Path(p) for p in args.reuse], device=args.device,
+        progress=not args.no_progress, lr_search=args.lr_search,
+    )  # fmt: skip
+    record = reproduce(experiments[args.name], lab, out / args.name)
+    verdict = record["verdict"]
+    print(f"{args.name} ({record['figure']}, {args.profile}): the claim {verdict['status']}")
+    print(f"  {verdict['summary']}")
+    print(f"  {out / args.name}")
     return 0
 
 
@@ -390,6 +394,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "reproduce", help="run one experiment of the papers: train, measure, plot, verdict"
+    )
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments")
+    p.add_argument(
+        "--profile", choices=list(PROFILES), default="demo",
+        help="size of every run: demo (default; minutes, tabulated learning rates), quick "
+        "(width 1/3, 60 epochs, learning rate searched per run; hours on a CPU), full (GPU)",
+    )  # fmt: skip
+    p.add_argument("--out", help="output directory (default: runs/reproduce/PROFILE)")
+    p.add_argument("--seed", type=_number(int), default=0, help="seed of every run (0)")
+    p.add_argument(
+        "--reuse", action="append", default=[], metavar="DIR",
+        help="also look for finished runs and lr searches of the same configuration here",
+    )  # fmt: skip
+    p.add_argument(
+        "--lr-search", action=argparse.BooleanOptionalAction, default=None,
+        help="search the learning rate per run (default: yes except in the demo profile)",
+    )  # fmt: skip
+    for flag in REPRODUCE_FLAGS:
+        field, kind, text = CONFIG_FLAGS[flag]
+        p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("diagnose", help="measurements on a trained or fresh network")
     checks = p.add_subparsers(dest="check", required=True, parser_class=_Parser)

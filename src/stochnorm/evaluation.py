@@ -148,3 +148,59 @@ def learned_noise(model: nn.Module) -> list[dict[str, float]]:
             )
             rows.append({"layer": i, "sigma_s_over_s": ratio.mean().item()})
     return rows
+
+
+def evaluate_run(
+    path,
+    *,
+    samples: tuple[int, ...] = (10, 30),
+    seed: int = 0,
+    robustness_size: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Evaluate the trained run in directory `path` and save `evaluation.json` and
+    `error_coverage.png` there (with `robustness_size` > 0 also `robustness.png`): final
+    metrics, the uncertainty report on the test set (single pass, and MC-K for each K in
+    `samples` when the model has noise), the learned sigma_S / s per layer, and accuracy
+    under Gaussian input noise and FGSM on the first `robustness_size` test images."""
+    from pathlib import Path
+
+    from .bayes import noise_modules
+    from .checkpoint import save_json
+    from .plots import plot_error_coverage, plot_robustness
+    from .provenance import provenance
+    from .runs import RunDir
+    from .train import final_metrics, load_run, resolve_device
+
+    device = resolve_device(device)
+    out = Path(path)
+    cfg, data, model = load_run(out, device=device)
+    samples = tuple(samples) if noise_modules(model) else ()
+    test = uncertainty_report(
+        model, data.test, samples=samples, batch_size=cfg.eval_batch_size, device=device,
+        seed=seed,
+    )  # fmt: skip
+    result = {
+        "metrics": final_metrics(model, data, cfg, device),
+        "samples": list(samples),
+        "test": test,
+        "learned_noise": learned_noise(model),
+        "provenance": provenance(device),
+    }
+    if robustness_size:
+        subset = data.test.head(robustness_size)
+        modes = {"single": 0, **({f"mc{samples[0]}": samples[0]} if samples else {})}
+        kwargs = {"batch_size": cfg.eval_batch_size, "device": device, "seed": seed}
+        result["robustness"] = {
+            "images": len(subset),
+            "gaussian": {
+                m: noise_robustness(model, subset, samples=k, **kwargs) for m, k in modes.items()
+            },
+            "fgsm": {
+                m: fgsm_robustness(model, subset, samples=k, **kwargs) for m, k in modes.items()
+            },
+        }
+        plot_robustness({out.name: result["robustness"]}, out / "robustness.png")
+    save_json(result, RunDir(out).evaluation_path)
+    plot_error_coverage({out.name: test}, out / "error_coverage.png")
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .plots import plot_curves
+from .plots import plot_curves, plot_error_coverage
 from .runs import RunDir
 
 
@@ -61,7 +61,59 @@ def write_report(runs: Sequence[RunDir], out: Path, title: str = "stochnorm repo
         "weights in eval mode on a fixed training subset.",
         "",
     ]
+    lines += _uncertainty_section(runs, out)
     plot_curves({run.name: m["history"] for run, m in loaded}, out / "curves.png")
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _mode_label(mode: str) -> str:
+    return "single pass" if mode == "single" else f"MC-{mode.removeprefix('mc')}"
+
+
+def _uncertainty_section(runs: Sequence[RunDir], out: Path) -> list[str]:
+    """The main paper's Table 1 columns for the runs evaluated with `stochnorm evaluate`
+    (test set; MC-K only for models with noise) and their error-coverage curves."""
+    evaluated = [(run, ev) for run in runs if (ev := run.evaluation()) is not None]
+    if not evaluated:
+        return []
+    modes = []
+    for _, ev in evaluated:
+        modes += [m for m in ev["test"] if m not in modes]
+    labels = [_mode_label(m) for m in modes]
+    header = (
+        ["run"] + [f"acc % {x}" for x in labels] + [f"NLL {x}" for x in labels]
+        + [f"ECE {x}" for x in labels] + [f"AURC % {x}" for x in labels] + ["sigma_S / s"]
+    )  # fmt: skip
+    lines = [
+        "## Test set: single pass and Monte-Carlo prediction",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for run, ev in evaluated:
+        test = ev["test"]
+
+        def cells(key: str, fmt, test=test) -> list[str]:
+            return [fmt(test[m][key]) if m in test else "-" for m in modes]
+
+        ratios = [r["sigma_s_over_s"] for r in ev.get("learned_noise", [])]
+        row = (
+            [run.name] + cells("accuracy", _pct) + cells("nll", "{:.3f}".format)
+            + cells("ece", "{:.3f}".format) + cells("aurc_entropy", _pct)
+            + [" ".join(f"{r:.2f}" for r in ratios) if ratios else "-"]
+        )  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    plot_error_coverage({run.name: ev["test"] for run, ev in evaluated}, out / "error_coverage.png")
+    return [
+        *lines,
+        "",
+        "MC-K averages the softmax of K noisy passes (learned or BN-like noise on); models "
+        "without noise have only the single pass. AURC: area under the error-vs-coverage "
+        "curve, rejecting by predictive entropy. sigma_S / s: learned noise per layer "
+        "(mean over channels).",
+        "",
+        "![error vs coverage](error_coverage.png)",
+        "",
+    ]

@@ -12,8 +12,8 @@ from .errors import RunDirError
 
 class RunDir:
     """`config.json` (the TrainConfig), `metrics.json` (per epoch and final, with
-    provenance), `checkpoint.pt` (model, optimizer, history; written after every epoch) and
-    `curves.png`."""
+    provenance), `checkpoint.pt` (model, optimizer, history; written after every epoch),
+    `curves.png`, and after `stochnorm evaluate` `evaluation.json`."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -22,6 +22,7 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.json")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
     curves_path = property(lambda self: self.path / "curves.png")
+    evaluation_path = property(lambda self: self.path / "evaluation.json")
 
     @property
     def name(self) -> str:
@@ -43,6 +44,11 @@ class RunDir:
 
     def metrics(self) -> dict[str, Any]:
         return load_json(self.check().metrics_path)
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """The saved `stochnorm evaluate` result, or None if the run was not evaluated."""
+        path = self.check().evaluation_path
+        return load_json(path) if path.is_file() else None
 
     def checkpoint(self) -> dict[str, Any]:
         return load_checkpoint(self.check().checkpoint_path)

@@ -1,0 +1,284 @@
+"""What every reproduced experiment shares: the lab that trains (or finds already trained)
+the runs an experiment needs, the verdict, and the result file.
+
+An experiment is a small object with the paper's claim, a `run(lab)` that returns its
+numbers (plain JSON), a `plot(numbers, out)` and a `verdict(numbers)`. All training goes
+through `Lab.train`, i.e. the one training loop, and is cached by configuration: runs
+shared by several experiments (e.g. batch norm at the quick profile) are trained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..checkpoint import load_json, save_json
+from ..config import PROFILES, TrainConfig
+from ..errors import ConfigError, RunDirError
+from ..provenance import provenance
+from ..runs import RunDir
+
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+
+# Initial learning rates by (norm, projection, noise), found with `stochnorm lr-find
+# --profile quick` (5-epoch trials, results/quick/lr-find-*.json). The demo profile uses
+# them as they are (a search would cost more than the runs); quick and full search per run.
+TABLE_LR: dict[tuple[str, bool, str | None], float] = {
+    ("batch", False, None): 0.042,
+    ("batch", True, None): 0.032,
+    ("none", False, None): 0.010,
+    ("weight", True, None): 0.0042,
+    ("analytic", True, None): 0.010,
+}
+
+
+def table_lr(cfg: TrainConfig) -> float:
+    """The tabulated rate for `cfg`'s normalization: the exact case, else the same norm and
+    projection without noise, else the same norm, else 0.01."""
+    for key in (
+        (cfg.norm, cfg.project, cfg.noise),
+        (cfg.norm, cfg.project, None),
+        (cfg.norm, not cfg.project, None),
+    ):
+        if key in TABLE_LR:
+            return TABLE_LR[key]
+    return 0.01
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`status`: holds / does not hold / inconclusive; `summary`: the numbers it rests on;
+    `margin`: the measured difference in favour of the claim (None if not one number);
+    `noise`: the spread it was compared against."""
+
+    status: str
+    summary: str
+    margin: float | None = None
+    noise: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "summary": self.summary, "margin": self.margin,
+                "noise": self.noise}  # fmt: skip
+
+
+def compare(margin: float, noise: float, summary: str, *, threshold: float = 0.0) -> Verdict:
+    """The claim "margin > threshold": holds when the margin exceeds it by more than `noise`,
+    does not hold when it falls short by more than `noise`, else inconclusive."""
+    if margin - threshold > noise:
+        status = HOLDS
+    elif margin - threshold < -noise:
+        status = FAILS
+    else:
+        status = INCONCLUSIVE
+    return Verdict(status, summary, margin, noise)
+
+
+def combine(verdicts: Sequence[Verdict]) -> Verdict:
+    """All parts of a claim: holds if every part holds, does not hold if any part fails."""
+    statuses = {v.status for v in verdicts}
+    status = FAILS if FAILS in statuses else HOLDS if statuses == {HOLDS} else INCONCLUSIVE
+    return Verdict(status, "; ".join(f"{v.summary} [{v.status}]" for v in verdicts))
+
+
+def iterate_spread(history: Sequence[dict], key: str, last: int = 10) -> float:
+    """Standard deviation of `key` over the last `last` epochs of one run: the paper's error
+    bar (Fig. A.2 shows seed-to-seed differences fall within it)."""
+    values = [row[key] for row in history[-last:] if key in row]
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def tail_mean(history: Sequence[dict], key: str, last: int = 10) -> float:
+    """Mean of `key` over the last `last` epochs (smooths the iterate noise of the end point)."""
+    values = [row[key] for row in history[-last:] if key in row]
+    return sum(values) / len(values) if values else math.nan
+
+
+def config_key(cfg: TrainConfig) -> str:
+    text = json.dumps(cfg.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+@dataclass
+class Lab:
+    """Trains what an experiment asks for, under one profile and seed.
+
+    `overrides` are TrainConfig settings applied on top of every run the experiment asks
+    for (e.g. a smaller width or another dataset). Runs live in `runs_dir` keyed by their
+    configuration; completed runs with the same configuration found in `reuse` directories
+    (one run directory per subdirectory, as `make results-quick` leaves them) are used as
+    they are. `lr_search`: None = search per run except in the demo profile (TABLE_LR)."""
+
+    profile: str
+    runs_dir: Path
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reuse: Sequence[Path] = ()
+    device: str = "cpu"
+    progress: bool = False
+    lr_search: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(
+                f"unknown profile {self.profile!r}; choose one of: {', '.join(PROFILES)}"
+            )
+        self.runs_dir = Path(self.runs_dir)
+
+    def config(self, **settings: Any) -> TrainConfig:
+        """The profile's configuration with the experiment's `settings`, the lab's seed and
+        then its overrides; the learning rate is left at the profile's default."""
+        return TrainConfig.from_profile(
+            self.profile, **{"seed": self.seed, **settings, **self.overrides}
+        )
+
+    @property
+    def searches_lr(self) -> bool:
+        return self.profile != "demo" if self.lr_search is None else self.lr_search
+
+    def lr(self, cfg: TrainConfig) -> float:
+        """The initial learning rate for `cfg` (its own lr ignored): the 5-epoch search of the
+        paper, cached per configuration, or the tabulated rate."""
+        if not self.searches_lr:
+            return table_lr(cfg)
+        from ..lr_search import lr_find
+
+        probe = cfg.replace(lr=TrainConfig.from_profile(cfg.profile).lr)
+        for path in self._lr_files():
+            found = load_json(path)
+            if found.get("config") == probe.to_dict():
+                return found["lr"]
+        result = lr_find(probe, device=self.device, progress=self.progress)
+        result["config"] = probe.to_dict()
+        save_json(result, self.runs_dir / f"lr-find-{config_key(probe)}.json")
+        return result["lr"]
+
+    def _lr_files(self) -> list[Path]:
+        roots = [self.runs_dir, *map(Path, self.reuse)]
+        return [p for root in roots if root.is_dir() for p in sorted(root.glob("lr-find-*.json"))]
+
+    def train(
+        self,
+        cfg: TrainConfig,
+        *,
+        label: str = "run",
+        search_lr: bool = True,
+        after_step: Sequence[Callable] = (),
+        loss_terms: Sequence[Callable] = (),
+    ) -> RunDir:
+        """The completed run of `cfg` (with the learning rate from `lr` unless `search_lr`
+        is False): found in `reuse` or `runs_dir`, resumed if interrupted, else trained."""
+        from ..train import train
+
+        if search_lr:
+            cfg = cfg.replace(lr=self.lr(cfg))
+        found = self._find(cfg)
+        if found is not None:
+            return found
+        run = RunDir(self.runs_dir / f"{label}-{config_key(cfg)}")
+        resume = run.exists() and run.checkpoint_path.exists()
+        train(cfg, run.path, resume=resume, after_step=after_step, loss_terms=loss_terms,
+              device=self.device, progress=self.progress)  # fmt: skip
+        return run
+
+    def _find(self, cfg: TrainConfig) -> RunDir | None:
+        for root in (*map(Path, self.reuse), self.runs_dir):
+            if not root.is_dir():
+                continue
+            for config_path in sorted(root.glob("*/config.json")):
+                run = RunDir(config_path.parent)
+                try:
+                    same = run.config() == cfg
+                except ConfigError:
+                    continue
+                if same and run.metrics_path.exists() and run.metrics().get("complete"):
+                    return run
+        return None
+
+    def evaluate(self, run: RunDir, samples: tuple[int, ...] = (10, 30), **kwargs) -> dict:
+        """The run's `stochnorm evaluate` result, computed once."""
+        from ..evaluation import evaluate_run
+
+        existing = run.evaluation()
+        if (
+            existing is not None
+            and existing.get("samples") == list(samples)
+            and ("robustness" in existing or not kwargs.get("robustness_size"))
+        ):
+            return existing
+        return evaluate_run(run.path, samples=samples, device=self.device, **kwargs)
+
+
+class Experiment:
+    """One claim of one paper, reproduced. Subclasses set the class attributes and
+    implement `run`, `plot` and `verdict`."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]  # key of PAPERS
+    figure: ClassVar[str]  # e.g. "Fig. 1", "Table 1", "Sec. 4.2"
+    claim: ClassVar[str]  # the paper's statement, in our words
+
+    def run(self, lab: Lab) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:
+        raise NotImplementedError
+
+    def verdict(self, numbers: dict[str, Any]) -> Verdict:
+        raise NotImplementedError
+
+
+PAPERS = {
+    "main": "Shekhovtsov & Flach, Stochastic Normalizations as Bayesian Learning (2018)",
+    "bjorck": "Bjorck et al., Understanding Batch Normalization (2018)",
+    "luo": "Luo et al., Towards Understanding Regularization in Batch Normalization (2018)",
+    "analytic": "Shekhovtsov & Flach, Normalization of Neural Networks using Analytic "
+    "Variance Propagation (2018)",
+}
+
+RESULT_FILE = "result.json"
+
+
+def reproduce(experiment: Experiment, lab: Lab, out: Path) -> dict[str, Any]:
+    """Run `experiment` in `lab`, save its figures and `out`/result.json (numbers, verdict,
+    profile, seed, overrides, provenance) and return that record."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = experiment.run(lab)
+    figures = [Path(p).name for p in experiment.plot(numbers, out)]
+    record = {
+        "experiment": experiment.name,
+        "paper": experiment.paper,
+        "figure": experiment.figure,
+        "claim": experiment.claim,
+        "profile": lab.profile,
+        "seed": lab.seed,
+        "overrides": lab.overrides,
+        "numbers": numbers,
+        "verdict": experiment.verdict(numbers).to_dict(),
+        "figures": figures,
+        "provenance": provenance(lab.device),
+    }
+    save_json(record, out / RESULT_FILE)
+    return record
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    file = path / RESULT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise RunDirError(f"{path}: no {RESULT_FILE} (run `stochnorm reproduce` first)")
+    return load_json(file)
+
+
+def device_of(lab: Lab) -> torch.device:
+    from ..train import resolve_device
+
+    return resolve_device(lab.device)

@@ -1,0 +1,69 @@
+"""Every experiment of `stochnorm reproduce` end to end in its demo profile on tiny settings,
+plus the lab's caching and the verdict logic."""
+
+import json
+
+import pytest
+
+from stochnorm.cli import main
+from stochnorm.experiments import Lab, registry
+from stochnorm.experiments.base import FAILS, HOLDS, INCONCLUSIVE, combine, compare
+
+TINY = ["--width", "0.1", "--subset", "0.005", "--epochs", "2", "--eval-train-size", "50",
+        "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shared_out(tmp_path_factory):
+    """One output directory for all experiments, so that runs they share are trained once."""
+    return tmp_path_factory.mktemp("reproduce")
+
+
+@pytest.mark.parametrize("name", list(registry()))
+def test_experiment_runs_in_demo_profile(name, shared_out, capsys):
+    assert main(["reproduce", name, "--profile", "demo", "--out", str(shared_out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((shared_out / name / "result.json").read_text())
+    assert record["verdict"]["status"] in (HOLDS, FAILS, INCONCLUSIVE)
+    assert record["verdict"]["status"] in printed and record["verdict"]["summary"]
+    assert record["profile"] == "demo" and record["overrides"]["width"] == 0.1
+    assert record["figures"], "every experiment draws at least one figure"
+    for figure in record["figures"]:
+        assert (shared_out / name / figure).stat().st_size > 5_000
+
+
+def test_list_names_every_experiment(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    printed = capsys.readouterr().out
+    for name in registry():
+        assert name in printed
+
+
+def test_unknown_experiment_is_a_one_line_error(capsys):
+    assert main(["reproduce", "fig99"]) == 2
+    assert "unknown experiment 'fig99'" in capsys.readouterr().err
+
+
+def test_lab_trains_a_configuration_once_and_finds_it_in_reuse_dirs(tmp_path):
+    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50}
+    lab = Lab("demo", tmp_path / "a", overrides=tiny)
+    first = lab.train(lab.config(norm="batch"), label="bn")
+    stamp = first.checkpoint_path.stat().st_mtime_ns
+    again = lab.train(lab.config(norm="batch"), label="other-label")
+    assert again.path == first.path and first.checkpoint_path.stat().st_mtime_ns == stamp
+    # another lab finds it through `reuse`; a different seed is a different run
+    other = Lab("demo", tmp_path / "b", overrides=tiny, reuse=[tmp_path / "a"])
+    assert other.train(other.config(norm="batch")).path == first.path
+    seeded = Lab("demo", tmp_path / "b", seed=1, overrides=tiny, reuse=[tmp_path / "a"])
+    assert seeded.train(seeded.config(norm="batch")).path != first.path
+
+
+def test_verdicts_compare_the_margin_with_the_noise():
+    assert compare(0.02, 0.01, "x").status == HOLDS
+    assert compare(-0.02, 0.01, "x").status == FAILS
+    assert compare(0.005, 0.01, "x").status == INCONCLUSIVE
+    assert compare(0.5, 0.1, "x", threshold=0.3).status == HOLDS
+    hold, fail, unsure = compare(1, 0, "a"), compare(-1, 0, "b"), compare(0, 1, "c")
+    assert combine([hold, hold]).status == HOLDS
+    assert combine([hold, unsure]).status == INCONCLUSIVE
+    assert combine([unsure, fail]).status == FAILS
