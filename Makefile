@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # fast; any torch >= 2.1 works: `make TORCH=torch demo` takes the newest.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint data setup clean results-quick results-fig3
+.PHONY: demo test lint data setup clean results-quick results-fig3 results-table1 \
+  results-reproduce
 .SECONDARY:
 
 demo: setup data
@@ -76,3 +77,21 @@ FIG3 := batch batch-proj analytic-proj weight-proj analytic weight population po
 results-fig3: $(FIG3:%=$(QUICK)/%/metrics.json)
 	$(BIN)/stochnorm report $(FIG3:%=$(QUICK)/%) --out $(QUICK)/fig3 \
 	  --title "Quick profile: normalizations with and without projection (Fashion-MNIST)"
+
+# The main paper's Table 1: each run evaluated (single pass, MC-10, MC-30, error-coverage,
+# Gaussian noise and FGSM on 2,000 test images).
+TABLE1 := batch batch-proj weight-proj-bnlike analytic-proj-bnlike weight-proj-bayes \
+  analytic-proj-bayes
+$(QUICK)/%/evaluation.json: $(QUICK)/%/metrics.json
+	$(BIN)/stochnorm evaluate $(QUICK)/$* --samples 10 30
+
+results-table1: $(TABLE1:%=$(QUICK)/%/evaluation.json)
+	$(BIN)/stochnorm report $(TABLE1:%=$(QUICK)/%) --out $(QUICK)/table1 \
+	  --title "Quick profile: the main paper's Table 1 on Fashion-MNIST"
+
+# Every experiment of `stochnorm reproduce` at the quick profile, reusing the runs above,
+# then the claims-vs-measurements report.
+results-reproduce: | setup data
+	$(BIN)/stochnorm reproduce all --profile quick --out results/reproduce/quick \
+	  --reuse $(QUICK) --no-progress
+	$(BIN)/stochnorm report --reproduction results/reproduce/quick --out results/REPRODUCTION.md

@@ -2,6 +2,7 @@
 plus the lab's caching and the verdict logic."""
 
 import json
+import re
 
 import pytest
 
@@ -67,3 +68,19 @@ def test_verdicts_compare_the_margin_with_the_noise():
     assert combine([hold, hold]).status == HOLDS
     assert combine([hold, unsure]).status == INCONCLUSIVE
     assert combine([unsure, fail]).status == FAILS
+
+
+def test_reproduction_report_lists_every_result(shared_out, tmp_path):
+    results = sorted(shared_out.glob("*/result.json"))
+    assert results, "run after the experiments"
+    out = tmp_path / "REPRODUCTION.md"
+    assert main(["report", "--reproduction", str(shared_out), "--out", str(out)]) == 0
+    text = out.read_text()
+    for path in results:
+        record = json.loads(path.read_text())
+        assert f"## {record['experiment']} (demo)" in text
+        assert record["verdict"]["summary"] in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == sum(len(json.loads(p.read_text())["figures"]) for p in results)
+    assert all((out.parent / link).is_file() for link in links)
+    assert "## Where our measurement disagrees with the paper" in text

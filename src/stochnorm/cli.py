@@ -198,6 +198,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runs import RunDir
 
+    if args.reproduction:
+        from .report import write_reproduction_report
+
+        out = Path(args.out if args.out != "report" else "results/REPRODUCTION.md")
+        print(write_reproduction_report([Path(p) for p in args.run_dirs], out))
+        return 0
     path = write_report([RunDir(p).check() for p in args.run_dirs], Path(args.out), args.title)
     print(path)
     return 0
@@ -217,7 +223,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{exp.name:<28} {exp.paper:<9} {exp.figure:<12} {exp.claim[:70]}...")
         print("\npapers: " + "; ".join(f"{k} = {v}" for k, v in PAPERS.items()))
         return 0
-    if args.name not in experiments:
+    names = list(experiments) if args.name == "all" else [args.name]
+    if names[0] not in experiments:
         raise ConfigError(
             f"unknown experiment {args.name!r}; `stochnorm reproduce --list` names them"
         )
@@ -229,11 +236,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         reuse=[Path(p) for p in args.reuse], device=args.device,
         progress=not args.no_progress, lr_search=args.lr_search,
     )  # fmt: skip
-    record = reproduce(experiments[args.name], lab, out / args.name)
-    verdict = record["verdict"]
-    print(f"{args.name} ({record['figure']}, {args.profile}): the claim {verdict['status']}")
-    print(f"  {verdict['summary']}")
-    print(f"  {out / args.name}")
+    for name in names:
+        record = reproduce(experiments[name], lab, out / name)
+        verdict = record["verdict"]
+        print(f"{name} ({record['figure']}, {args.profile}): the claim {verdict['status']}")
+        print(f"  {verdict['summary']}")
+        print(f"  {out / name}")
     return 0
 
 
@@ -382,8 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lr_find)
 
     p = sub.add_parser("report", help="markdown table and curves from run directories")
-    p.add_argument("run_dirs", nargs="+", help="run directories to compare")
-    p.add_argument("--out", default="report", help="output directory (default: report)")
+    p.add_argument(
+        "run_dirs", nargs="+",
+        help="run directories to compare (with --reproduction: `reproduce` output directories)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", default="report",
+        help="output directory (default: report); with --reproduction the markdown file "
+        "(default: results/REPRODUCTION.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reproduction", action="store_true",
+        help="write the claims-vs-measurements report from `stochnorm reproduce` results",
+    )  # fmt: skip
     p.add_argument("--title", default="stochnorm report", help="report title")
     p.set_defaults(func=_cmd_report)
 
@@ -398,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reproduce", help="run one experiment of the papers: train, measure, plot, verdict"
     )
-    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("name", nargs="?", help="experiment name (see --list), or all")
     p.add_argument("--list", action="store_true", help="list the experiments")
     p.add_argument(
         "--profile", choices=list(PROFILES), default="demo",

@@ -1,10 +1,12 @@
-"""Markdown reports built only from saved run directories."""
+"""Markdown reports built only from saved files: run directories, and the results of
+`stochnorm reproduce`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import RunDirError
 from .plots import plot_curves, plot_error_coverage
 from .runs import RunDir
 
@@ -117,3 +119,86 @@ def _uncertainty_section(runs: Sequence[RunDir], out: Path) -> list[str]:
         "![error vs coverage](error_coverage.png)",
         "",
     ]
+
+
+def _reproduce_command(record: dict) -> str:
+    """The `stochnorm reproduce` call that made a result (its overrides as flags)."""
+    words = ["stochnorm reproduce", record["experiment"], "--profile", record["profile"]]
+    if record["seed"]:
+        words += ["--seed", str(record["seed"])]
+    for key, value in record["overrides"].items():
+        words += [f"--{key.replace('_', '-')}", str(value)]
+    return " ".join(words)
+
+
+def write_reproduction_report(
+    result_dirs: Sequence[Path], out: Path, title: str = "Reproduction of the papers' claims"
+) -> Path:
+    """Write the markdown file `out` from the saved `stochnorm reproduce` results found in
+    `result_dirs` (each an experiment directory with result.json, or a directory of them):
+    a summary table, the claims our measurement contradicts, and per experiment the
+    paper's claim, our figures, numbers, verdict, profile and hardware."""
+    import os
+
+    from .experiments import PAPERS, load_result
+    from .experiments.base import FAILS, RESULT_FILE
+
+    files = []
+    for d in map(Path, result_dirs):
+        files += (
+            [d / RESULT_FILE] if (d / RESULT_FILE).is_file() else sorted(d.glob(f"*/{RESULT_FILE}"))
+        )
+    if not files:
+        raise RunDirError(f"no {RESULT_FILE} under {', '.join(map(str, result_dirs))}")
+    records = [(f.parent, load_result(f)) for f in files]
+    order = list(PAPERS)
+    records.sort(key=lambda r: (order.index(r[1]["paper"]), r[1]["figure"], r[1]["profile"]))
+    out = Path(out)
+    lines = [
+        f"# {title}",
+        "",
+        "Built by `stochnorm report --reproduction` from the result files of `stochnorm "
+        "reproduce NAME --profile PROFILE` (rerun one to refresh its entry). Verdicts are "
+        "computed from the numbers: a claim holds when our margin exceeds the noise it is "
+        "compared with, does not hold when it falls short by more than that noise, and is "
+        "inconclusive otherwise.",
+        "",
+        "Papers: " + "; ".join(f"**{k}** = {v}" for k, v in PAPERS.items()) + ".",
+        "",
+        "| experiment | paper | figure | profile | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for _, r in records:
+        lines.append(
+            f"| [{r['experiment']}](#{r['experiment']}-{r['profile']}) | {r['paper']} | "
+            f"{r['figure']} | {r['profile']} | {r['verdict']['status']} |"
+        )
+    disagreements = [r for _, r in records if r["verdict"]["status"] == FAILS]
+    lines += ["", "## Where our measurement disagrees with the paper", ""]
+    lines += [
+        f"- **{r['experiment']}** ({r['paper']}, {r['figure']}, {r['profile']}): "
+        f"{r['verdict']['summary']}"
+        for r in disagreements
+    ] or ["None of the measured claims is contradicted (see the inconclusive ones below)."]
+    for folder, r in records:
+        overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "none"
+        lines += [
+            "",
+            f"## {r['experiment']} ({r['profile']})",
+            f'<a id="{r["experiment"]}-{r["profile"]}"></a>',
+            "",
+            f"**Paper** ({PAPERS[r['paper']]}, {r['figure']}): {r['claim']}",
+            "",
+            f"**Verdict: the claim {r['verdict']['status']}.** {r['verdict']['summary']}",
+            "",
+            f"Profile `{r['profile']}`, seed {r['seed']}, overrides: {overrides}. "
+            f"Hardware: {r['provenance']['hardware']}; code {r['provenance']['commit']}. "
+            f"Command: `{_reproduce_command(r)}`.",
+            "",
+        ]
+        for fig in r["figures"]:
+            rel = os.path.relpath(folder / fig, out.parent)
+            lines.append(f"![{r['experiment']}]({rel})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out
