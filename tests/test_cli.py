@@ -172,7 +172,7 @@ def test_noise_from_a_bn_noise_file(tmp_path):
 def test_demo_trains_evaluates_and_reports_both_runs(tmp_path, capsys, monkeypatch):
     from stochnorm import demo
 
-    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50}
+    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50, "eval_size": 300}
     runs = {name: {**o, **tiny} for name, o in demo.DEMO_RUNS.items()}
     monkeypatch.setattr(demo, "DEMO_RUNS", runs)
     monkeypatch.setattr(demo, "DEMO_SAMPLES", (2, 3))

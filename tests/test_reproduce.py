@@ -11,7 +11,7 @@ from stochnorm.experiments import Lab, registry
 from stochnorm.experiments.base import FAILS, HOLDS, INCONCLUSIVE, combine, compare
 
 TINY = ["--width", "0.1", "--subset", "0.005", "--epochs", "2", "--eval-train-size", "50",
-        "--no-progress"]  # fmt: skip
+        "--eval-size", "500", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_unknown_experiment_is_a_one_line_error(capsys):
 
 
 def test_lab_trains_a_configuration_once_and_finds_it_in_reuse_dirs(tmp_path):
-    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50}
+    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50, "eval_size": 200}
     lab = Lab("demo", tmp_path / "a", overrides=tiny)
     first = lab.train(lab.config(norm="batch"), label="bn")
     stamp = first.checkpoint_path.stat().st_mtime_ns

@@ -154,3 +154,17 @@ def test_noisy_runs_train_and_resume(tmp_path, tiny_fashion, noise):
     _, _, model = load_run(tmp_path / "run")
     for a, b in zip(model.state_dict().values(), result.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_eval_size_keeps_the_first_validation_and_test_images():
+    from stochnorm.errors import ConfigError
+    from stochnorm.train import prepare_data
+
+    whole = prepare_data(TrainConfig(subset=0.005))
+    capped = prepare_data(TrainConfig(subset=0.005, eval_size=123))
+    assert len(capped.val) == len(capped.test) == 123
+    assert torch.equal(capped.test.x, whole.test.x[:123])
+    assert torch.equal(capped.val.y, whole.val.y[:123])
+    assert torch.equal(capped.train.x, whole.train.x)
+    with pytest.raises(ConfigError, match="eval_size must be >= 1"):
+        TrainConfig(eval_size=0)

@@ -48,6 +48,9 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--eval-train-size": (
         "eval_train_size", int, "training images on which the eval-mode loss is measured",
     ),
+    "--eval-size": (
+        "eval_size", int, "only the first N validation and test images (default: all; for checks)",
+    ),
     "--eval-batch-size": ("eval_batch_size", int, "batch size for evaluation"),
 }  # fmt: skip
 
@@ -211,7 +214,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 # Settings a user may change for every run of an experiment (the experiment sets the rest).
 REPRODUCE_FLAGS = ("--dataset", "--width", "--padding", "--subset", "--epochs",
-                   "--lr-decay-epochs", "--eval-train-size", "--eval-batch-size")  # fmt: skip
+                   "--lr-decay-epochs", "--eval-train-size", "--eval-size", "--eval-batch-size")  # fmt: skip
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -252,18 +255,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_an_stats(args: argparse.Namespace) -> int:
-    from . import data as datasets
     from .checkpoint import save_json
     from .diagnostics import analytic_statistics
     from .provenance import provenance
-    from .train import build_model, load_run, training_inputs
+    from .train import build_model, load_run, prepare_data, training_inputs
 
     if args.run:
         cfg, data, model = load_run(args.run)
         out = Path(args.out or Path(args.run) / "an-stats")
     else:
         cfg = _config(args).replace(norm="analytic")
-        data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+        data = prepare_data(cfg)
         model = build_model(cfg, data)
         out = Path(args.out or "runs/an-stats-init")
     x = training_inputs(data, cfg, count=len(data.train))

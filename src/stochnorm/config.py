@@ -32,7 +32,8 @@ class TrainConfig:
     to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
     the training batch plus `norm_batch - batch_size` other random training samples in the
     same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
-    the training batch alone.
+    the training batch alone. `eval_size` keeps only the first images of the validation and
+    test sets (None: the whole sets, as the paper's protocol; a number only for smoke tests).
     """
 
     dataset: str = Dataset.FASHION_MNIST.value
@@ -61,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     eval_train_size: int = 1000
+    eval_size: int | None = None
     eval_batch_size: int = 500
     profile: str = "custom"
 
@@ -100,6 +102,7 @@ class TrainConfig:
         need(self.sigma_s > 0, f"sigma_s must be > 0, got {self.sigma_s}")
         need(self.kl_factor >= 0, f"kl_factor must be >= 0, got {self.kl_factor}")
         need(self.eval_train_size >= 0, "eval_train_size must be >= 0")
+        need(self.eval_size is None or self.eval_size >= 1, "eval_size must be >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
 
     @property

@@ -12,7 +12,7 @@ import torch
 from . import data as datasets
 from .config import LR_FIND_EPOCHS, TrainConfig
 from .errors import ConfigError
-from .train import train
+from .train import prepare_data, train
 
 
 def lr_find(
@@ -42,7 +42,7 @@ def lr_find(
         raise ConfigError("per_decade must be >= 1 and refine >= 0")
     epochs = epochs or LR_FIND_EPOCHS.get(cfg.profile, 5)
     if data is None:
-        data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+        data = prepare_data(cfg)
     scores: dict[float, float] = {}
 
     def score(log_lr: float) -> float:

@@ -8,6 +8,7 @@ Later features plug in through two extension points instead of copies of this lo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +115,17 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     )  # fmt: skip
 
 
+def prepare_data(cfg: TrainConfig) -> datasets.Splits:
+    """The training, validation and test sets of `cfg` (its dataset, subset, split and
+    `eval_size`)."""
+    data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+    if cfg.eval_size is not None:
+        data = dataclasses.replace(
+            data, val=data.val.head(cfg.eval_size), test=data.test.head(cfg.eval_size)
+        )
+    return data
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,7 +158,7 @@ def train(
     if run is not None:
         _prepare_run_dir(run, cfg, resume)
     if data is None:
-        data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+        data = prepare_data(cfg)
     model = build_model(cfg, data).to(device)
     optimizer = make_optimizer(cfg, model)
     if cfg.project:
@@ -296,7 +308,7 @@ def load_run(
     run = RunDir(path)
     cfg = run.config()
     state = run.checkpoint()
-    data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
+    data = prepare_data(cfg)
     model = make_model(cfg, data)
     if Norm(cfg.norm) is Norm.ANALYTIC:
         attach_analytic(model, cfg, data)
