@@ -13,7 +13,7 @@ from stochnorm.data import fashion_mnist
 from stochnorm.data.idx import write_idx
 
 SMALL = ["--profile", "demo", "--width", "0.1", "--subset", "0.005", "--epochs", "1",
-         "--eval-train-size", "50", "--no-progress"]  # fmt: skip
+         "--eval-train-size", "50", "--eval-size", "600", "--no-progress"]  # fmt: skip
 
 
 def _one_line_error(capsys, argv, needle):
@@ -74,7 +74,7 @@ def test_train_evaluate_report_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "test: accuracy" in out
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["data"]["train"] == 270 and metrics["data"]["val"] == 6000
+    assert metrics["data"]["train"] == 270 and metrics["data"]["val"] == 600
     assert main(["evaluate", str(run)]) == 0
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["metrics"]["test"] == pytest.approx(metrics["final"]["test"])

@@ -62,3 +62,40 @@ def test_chi2_helpers_against_scipy():
     ref = stats.kstest(samples.numpy(), "norm").statistic
     normal_cdf = lambda t: 0.5 * torch.erfc(-t / math.sqrt(2))  # noqa: E731
     assert ks_statistic(samples, normal_cdf) == pytest.approx(ref, rel=1e-9)
+
+
+def _conv_with_norm(in_channels: int, weight: float | None = None):
+    from torch import nn
+
+    from stochnorm.norms import make_norm
+
+    conv = nn.Conv2d(in_channels, 2, 3, bias=False)
+    if weight is not None:
+        nn.init.constant_(conv.weight, weight)
+    return nn.Sequential(conv, make_norm("weight", 2, conv))
+
+
+def test_independence_error_closed_form_for_fully_correlated_inputs():
+    """Every pixel of every channel equal to one N(0, 1) number per image and all weights 1:
+    Sigma is the all-ones matrix times var(z), so with C channels and K kernel offsets the
+    output variance is (C K)^2 var(z), the diagonal keeps C K of it, same-channel pairs
+    C K^2 and same-offset pairs C^2 K: ratios 1/sqrt(C K), 1/sqrt(C), 1/sqrt(K)."""
+    from stochnorm.diagnostics import independence_error
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 1, 1, 1).expand(400, 3, 6, 6).contiguous()
+    (row,) = independence_error(_conv_with_norm(3, weight=1.0), x)
+    assert row["independent"] == pytest.approx(1 / math.sqrt(27), rel=1e-9)
+    assert row["spatial"] == pytest.approx(1 / math.sqrt(3), rel=1e-9)
+    assert row["channel"] == pytest.approx(1 / math.sqrt(9), rel=1e-9)
+
+
+def test_independence_error_is_one_for_independent_inputs():
+    """i.i.d. pixels: Sigma is the identity up to sampling error; with 2000 images of 6x6
+    (32,000 patches) the ratios are within 2% of 1 (their sampling error is about 0.5%)."""
+    from stochnorm.diagnostics import independence_error
+
+    torch.manual_seed(1)
+    (row,) = independence_error(_conv_with_norm(3), torch.randn(2000, 3, 6, 6))
+    for key in ("independent", "spatial", "channel"):
+        assert row[key] == pytest.approx(1.0, abs=0.02)

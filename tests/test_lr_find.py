@@ -23,7 +23,13 @@ def _fake_train(best_log_lr: float, diverge_above: float = math.inf):
 def test_search_finds_the_minimum_within_the_refined_bracket(monkeypatch):
     fake, calls = _fake_train(best_log_lr=-1.3)
     monkeypatch.setattr(lr_find_module, "train", fake)
-    result = lr_find(TrainConfig(profile="quick"), data=object(), refine=4)
+    seen = []
+    result = lr_find(
+        TrainConfig(profile="quick"), data=object(), refine=4,
+        on_trial=lambda lr, loss: seen.append((lr, loss)),
+    )  # fmt: skip
+    assert [c.lr for c in calls] == [lr for lr, _ in seen]  # reported as each trial ends
+    assert sorted(seen) == [(t["lr"], t["train_loss"]) for t in result["trials"]]
     # grid spacing 0.5 decades, narrowed four times: within 0.5 / 2**2 of the optimum
     assert abs(math.log10(result["lr"]) + 1.3) <= 0.125
     assert not result["at_edge"]

@@ -59,6 +59,18 @@ def test_lab_trains_a_configuration_once_and_finds_it_in_reuse_dirs(tmp_path):
     assert seeded.train(seeded.config(norm="batch")).path != first.path
 
 
+def test_lab_finds_a_run_that_diverged_in_its_first_epoch_again(tmp_path):
+    from stochnorm.experiments.bjorck import rate_summary
+
+    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50, "eval_size": 200}
+    lab = Lab("demo", tmp_path, overrides=tiny)
+    cfg = lab.config(norm="none").replace(lr=1e4)
+    first = lab.train(cfg, label="diverging", search_lr=False)
+    summary = rate_summary(first)
+    assert summary["diverged"] and not summary["stable"] and summary["epochs_done"] == 0
+    assert lab.train(cfg, label="diverging", search_lr=False).path == first.path
+
+
 def test_verdicts_compare_the_margin_with_the_noise():
     assert compare(0.02, 0.01, "x").status == HOLDS
     assert compare(-0.02, 0.01, "x").status == FAILS

@@ -186,10 +186,9 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         cfg, lr_min=args.lr_min, lr_max=args.lr_max, per_decade=args.per_decade,
         refine=args.refine, epochs=args.search_epochs, device=args.device,
         progress=not args.no_progress,
+        on_trial=lambda lr, loss: print(f"  lr {lr:.4g}: training loss {loss:.4f}", flush=True),
     )  # fmt: skip
     result["config"] = cfg.to_dict()
-    for trial in result["trials"]:
-        print(f"  lr {trial['lr']:.4g}: training loss {trial['train_loss']:.4f}")
     edge = " (at the edge of the range: widen --lr-min/--lr-max)" if result["at_edge"] else ""
     print(f"best lr {result['lr']:.4g} after {result['epochs']} epochs{edge}")
     if args.out:
@@ -256,7 +255,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_an_stats(args: argparse.Namespace) -> int:
     from .checkpoint import save_json
-    from .diagnostics import analytic_statistics
+    from .diagnostics import analytic_statistics, independence_error
     from .provenance import provenance
     from .train import build_model, load_run, prepare_data, training_inputs
 
@@ -286,8 +285,24 @@ def _cmd_an_stats(args: argparse.Namespace) -> int:
             f"| {r['layer']} | {r['channels']} | {r['mean_error']:.3f} | "
             f"{r['sigma_ratio_mean']:.3f} | {r['sigma_ratio_min']:.3f} | {r['sigma_ratio_max']:.3f} |"
         )
+    correlation = independence_error(model, x)
+    lines += [
+        "",
+        "Each layer's own rule given its true input moments: sqrt(rule variance / true "
+        "variance) of the conv output, mean over channels, when the input patch covariance "
+        "is reduced to its diagonal (the independence assumption), to same-channel pairs "
+        "(spatial correlations kept) or to same-offset pairs (cross-channel kept):",
+        "",
+        "| layer | independent | spatial kept | cross-channel kept |",
+        "|---|---|---|---|",
+    ]
+    for r in correlation:
+        lines.append(
+            f"| {r['layer']} | {r['independent']:.3f} | {r['spatial']:.3f} | {r['channel']:.3f} |"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    save_json({"config": cfg.to_dict(), "stage": stage, "rows": rows, "provenance": provenance()},
+    save_json({"config": cfg.to_dict(), "stage": stage, "rows": rows,
+               "independence_error": correlation, "provenance": provenance()},
               out / "an-stats.json")  # fmt: skip
     (out / "an-stats.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -296,26 +311,19 @@ def _cmd_an_stats(args: argparse.Namespace) -> int:
 
 def _cmd_bn_noise(args: argparse.Namespace) -> int:
     from .checkpoint import save_json
-    from .diagnostics import bn_noise, summarize_bn_noise
+    from .diagnostics import measure_bn_noise
     from .plots import plot_bn_noise
     from .provenance import provenance
-    from .train import load_run
 
-    cfg, data, model = load_run(args.run)
-    if cfg.norm != "batch":
-        raise ConfigError(f"{args.run} was trained with norm={cfg.norm}; bn-noise needs batch")
-    result = bn_noise(model, data, tuple(args.batch_sizes), batches=args.batches, seed=args.seed)
-    summary = summarize_bn_noise(result, cfg.batch_size)
+    found = measure_bn_noise(
+        args.run, tuple(args.batch_sizes), batches=args.batches, seed=args.seed
+    )
+    result, summary = found["measurements"], found["summary"]
     out = Path(args.out or Path(args.run) / "bn-noise")
     plot_bn_noise(result, summary, out / "bn-noise.png", qq_layer=args.qq_layer)
-    for layer in result["layers"]:  # keep the chi2 samples of the training batch size only
-        for entry in layer["per_batch_size"]:
-            if entry["k"] != cfg.batch_size:
-                entry.pop("chi2")
-    save_json({"summary": summary, "measurements": result, "run": str(args.run),
-               "provenance": provenance()}, out / "bn-noise.json")  # fmt: skip
+    save_json({**found, "provenance": provenance()}, out / "bn-noise.json")
     lines = [
-        f"BN noise of {args.run} (batch size {cfg.batch_size}, {args.batches} random batches "
+        f"BN noise of {args.run} (batch size {summary['batch_size']}, {args.batches} random batches "
         "per batch size):",
         "",
         "| layer | z | sigma_V | sigma_U | KS(n S^2/sigma^2, chi2(n-1)) | slope of var vs k |",

@@ -13,10 +13,11 @@ from .runs import RunDir
 from .train import train
 
 # Learning rates found with `stochnorm lr-find --profile demo ...` (2-epoch trials) for
-# each run's settings.
+# each run's settings (analytic + projection + Bayes: results/demo/lr-find-*.json; from
+# 0.018 up its trials diverge).
 DEMO_RUNS = {
     "batch": {"norm": "batch", "lr": 0.056},
-    "analytic-proj-bayes": {"norm": "analytic", "project": True, "noise": "bayes", "lr": 0.018},
+    "analytic-proj-bayes": {"norm": "analytic", "project": True, "noise": "bayes", "lr": 0.010},
 }
 DEMO_SAMPLES = (10, 30)
 

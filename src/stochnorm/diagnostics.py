@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from . import data as datasets
 from .norms import AnalyticNorm, normalizations
@@ -232,3 +235,311 @@ def chi2_quantile(p: Tensor, dof: float, iterations: int = 80) -> Tensor:
         below = chi2_cdf(mid, dof) < p
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
     return (lo + hi) / 2
+
+
+def _rms(t: Tensor) -> float:
+    return t.detach().double().pow(2).mean().sqrt().item()
+
+
+def layer_signal(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_fn=None,
+) -> dict[str, Any]:
+    """The signal by depth (Bjorck et al. 2018, sections 3-4): one forward and backward pass
+    of the batch `x`, `y` through `model` in its current mode (in train mode, batch norm
+    uses the batch statistics of `x` and updates its running estimates).
+
+    For every conv/linear layer, in registration order (the order of depth for sequential
+    models such as All-CNN-C): `input_rms`, `input_mean_abs`, `input_std` (over all values
+    of the batch) of the signal entering the layer (the previous block's activations, the
+    image for the first layer); `output_rms` of the layer's own output (before any
+    normalization); `weight_norm` ||W||, `grad_norm` ||dL/dW|| (Frobenius norms, weight
+    only) and `relative_grad` = grad_norm / weight_norm (the relative change of W that a
+    gradient step of rate 1 makes). Also the batch loss `loss` (default: the NLL of the
+    log-probabilities the model returns).
+
+    The gradients of this batch are left in `.grad` (earlier ones are discarded), so that
+    `sgd_step_` can follow them."""
+    if loss_fn is None:
+        from .evaluation import nll_loss as loss_fn
+    layers = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+    ]
+    if not layers:
+        raise ValueError("the model has no conv or linear layer")
+    seen: dict[str, dict[str, float]] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            u = inputs[0].detach().double()
+            seen[name] = {
+                "input_rms": u.pow(2).mean().sqrt().item(),
+                "input_mean_abs": u.abs().mean().item(),
+                "input_std": u.std(correction=0).item(),
+                "output_rms": _rms(output),
+            }
+
+        return record
+
+    model.zero_grad(set_to_none=True)
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers]
+    try:
+        loss = loss_fn(model(x), y)
+    finally:
+        for h in handles:
+            h.remove()
+    loss.backward()
+    rows = []
+    for i, (name, m) in enumerate(layers, start=1):
+        weight_norm = m.weight.detach().double().norm().item()
+        grad_norm = 0.0 if m.weight.grad is None else m.weight.grad.double().norm().item()
+        rows.append({
+            "layer": i, "name": name, **seen.get(name, {}), "weight_norm": weight_norm,
+            "grad_norm": grad_norm, "relative_grad": grad_norm / weight_norm,
+        })  # fmt: skip
+    return {"loss": loss.item(), "layers": rows}
+
+
+@torch.no_grad()
+def sgd_step_(model: nn.Module, lr: float) -> nn.Module:
+    """One plain gradient-descent step `p <- p - lr * p.grad` on every parameter with a
+    gradient (no momentum, no weight decay): the single large update whose effect on the
+    signal by depth Bjorck et al. (2018) examine; a probe, not training. Returns `model`,
+    changed in place."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.sub_(lr * p.grad)
+    return model
+
+
+def scale_step_sizes(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    lr: float,
+    *,
+    gamma_decay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """The effective learning rate of the scales s of every normalization layer of `model`:
+    the size of one plain SGD step of s relative to s itself,
+
+        lr * ||grad_s J_B|| / ||s||,    J_B = NLL of batch B + gamma_decay * sum_c s_c^2,
+
+    the objective of the training loop on one mini-batch in train mode (Luo et al.: BN's
+    implicit regularizer is a gamma decay; with `gamma_decay` the explicit one is included).
+    The output of a normalization is linear in s, so this is also the relative change of the
+    layer's output scale per step. `model` returns log-probabilities; each batch (x, y) is
+    used as it comes (augment it beforehand to measure training batches).
+
+    Per layer, in `normalizations(model)` order: `channels`, `scale_rms` = ||s|| / sqrt(C),
+    `relative_gradient` = the mean over batches of ||grad_s J_B|| / ||s|| and its standard
+    error `relative_gradient_se`, and `effective_lr`, `effective_lr_se` (both times `lr`).
+    Nothing is stepped; the running statistics that train mode updates (batch and
+    population norm) evolve over the batches as in training and are restored afterwards.
+    """
+    from .norms import gamma_decay as scale_penalty
+
+    layers = normalizations(model)
+    if not layers:
+        raise ValueError("the model has no normalization layer")
+    scales = [n.weight for n in layers]
+    device = scales[0].device
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    ratios: list[Tensor] = []
+    try:
+        model.train()
+        for x, y in batches:
+            objective = F.nll_loss(model(x.to(device)), y.to(device))
+            if gamma_decay:
+                objective = objective + gamma_decay * scale_penalty(model)
+            grads = torch.autograd.grad(objective, scales)
+            pairs = zip(grads, scales, strict=True)
+            ratios.append(torch.stack([g.norm() / s.detach().norm() for g, s in pairs]))
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
+        model.train(was_training)
+    if not ratios:
+        raise ValueError("no batches to measure on")
+    table = torch.stack(ratios).double()  # [batches, layers]
+    mean = table.mean(0)
+    se = table.std(0) / len(table) ** 0.5 if len(table) > 1 else torch.zeros_like(mean)
+    return [
+        {
+            "layer": i + 1,
+            "channels": n.num_features,
+            "scale_rms": (n.weight.detach().norm() / n.num_features**0.5).item(),
+            "relative_gradient": mean[i].item(),
+            "relative_gradient_se": se[i].item(),
+            "effective_lr": lr * mean[i].item(),
+            "effective_lr_se": lr * se[i].item(),
+        }
+        for i, n in enumerate(layers)
+    ]
+
+
+@torch.no_grad()
+def batch_dependence(
+    model: nn.Module,
+    probes: Tensor,
+    pool: Tensor,
+    batch_sizes: Sequence[int] = (1, 8, 64),
+    *,
+    generator: torch.Generator | None = None,
+) -> list[dict[str, Any]]:
+    """How much the train-mode output for one sample depends on the rest of its batch.
+
+    Every probe image `probes[i]` is passed first in a batch whose other k - 1 samples are
+    drawn at random from `pool`: once at the reference size K = max(batch_sizes), then once
+    at every k in `batch_sizes` with fresh companions (k = 1: alone). Per k: `max_abs_diff`,
+    the largest |output - reference output| over probes and output entries, and
+    `max_rel_diff`, that divided by the largest |reference output|. A normalization whose
+    output for one sample does not involve the others (analytic, weight, population norm)
+    gives float round-off; batch norm does not. Buffers (running statistics) are restored
+    before every forward, so each pass sees the model as it was given; the model is left as
+    it was.
+    """
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    device = next(model.parameters()).device
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    buffers = dict(model.named_buffers())
+    was_training = model.training
+    reference = max(batch_sizes)
+
+    def probe_output(probe: Tensor, k: int) -> Tensor:
+        for name, b in buffers.items():
+            b.copy_(saved[name])
+        idx = torch.randint(len(pool), (k - 1,), generator=generator)
+        batch = torch.cat([probe.unsqueeze(0), pool[idx]]).to(device)
+        return model(batch)[0].double().cpu()
+
+    try:
+        model.train()
+        refs = [probe_output(p, reference) for p in probes]
+        scale = max(r.abs().max().item() for r in refs)
+        rows = []
+        for k in batch_sizes:
+            pairs = zip(probes, refs, strict=True)
+            diff = max((probe_output(p, k) - r).abs().max().item() for p, r in pairs)
+            rows.append({"batch_size": k, "max_abs_diff": diff,
+                         "max_rel_diff": diff / scale if scale > 0 else diff})  # fmt: skip
+    finally:
+        for name, b in buffers.items():
+            b.copy_(saved[name])
+        model.train(was_training)
+    return rows
+
+
+def measure_bn_noise(
+    path,
+    batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256),
+    *,
+    batches: int = 40,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`bn_noise` and `summarize_bn_noise` of the trained batch-norm run in directory `path`
+    (main paper section 3.1, Fig. 4), measured on the CPU as `stochnorm diagnose bn-noise`
+    does, at the run's training batch size.
+
+    Returns {"run", "summary", "measurements"}; the n S^2 / sigma^2 samples are kept only at
+    the training batch size (all that the summary and `plots.plot_bn_noise` use). Raises
+    ConfigError if the run has no batch norm or `batch_sizes` lacks its batch size.
+    """
+    from .errors import ConfigError
+    from .train import load_run
+
+    cfg, data, model = load_run(path)
+    if cfg.norm != "batch":
+        raise ConfigError(f"{path} was trained with norm={cfg.norm}; bn-noise needs batch")
+    if cfg.batch_size not in batch_sizes:
+        raise ConfigError(
+            f"batch sizes {list(batch_sizes)} must include the run's batch size {cfg.batch_size}"
+        )
+    result = bn_noise(model, data, tuple(batch_sizes), batches=batches, seed=seed)
+    summary = summarize_bn_noise(result, cfg.batch_size)
+    for layer in result["layers"]:
+        for entry in layer["per_batch_size"]:
+            if entry["k"] != cfg.batch_size:
+                entry.pop("chi2")
+    return {"run": str(path), "summary": summary, "measurements": result}
+
+
+def independence_error(
+    model: nn.Module, x: Tensor, *, batch_size: int = 500, max_rows: int = 200_000
+) -> list[dict[str, Any]]:
+    """How much of the variance of each normalized conv/linear output the independence
+    assumption of the moment rules misses, given the true input moments.
+
+    For every normalization bound to a layer, the layer's input patches over `x` (what the
+    conv multiplies with its weights, zero padding included; about `max_rows` of them,
+    drawn at random from every batch in proportion) have the covariance Sigma; the output variance of channel o is
+    w_o^T Sigma w_o. Per layer, the mean over channels of sqrt(w^T D w / w^T Sigma w) for D =
+    diag(Sigma) ("independent": what the conv rule assumes), Sigma restricted to pairs in
+    the same input channel ("spatial": spatial correlations only), and to pairs at the same
+    kernel offset ("channel": cross-channel correlations only). 1 means the assumption
+    costs nothing; below 1 the rule underestimates the std.
+    """
+    from torch.nn import functional as F
+
+    bound = [(n, n.layer) for n in normalizations(model) if n.layer is not None]
+    if not bound:
+        raise ValueError("the model has no normalization bound to a conv/linear layer")
+    if any(getattr(layer, "groups", 1) != 1 for _, layer in bound):
+        raise ValueError("independence_error supports ungrouped convs only")
+    patches: dict[int, list[Tensor]] = {id(layer): [] for _, layer in bound}
+    g = torch.Generator().manual_seed(0)
+
+    def collect(layer: nn.Module, inputs: tuple) -> None:
+        u = inputs[0].detach()
+        share = math.ceil(max_rows * len(u) / len(x))  # rows kept from this batch
+        if isinstance(layer, nn.Conv2d):
+            cols = F.unfold(u, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+            u = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        u = u.reshape(len(u), -1)
+        if len(u) > share:
+            u = u[torch.randperm(len(u), generator=g)[:share]]
+        patches[id(layer)].append(u.double())
+
+    handles = [layer.register_forward_pre_hook(collect) for _, layer in bound]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch, _ in datasets.batches(datasets.Split(x, torch.zeros(len(x))), batch_size):
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    rows = []
+    for i, (_, layer) in enumerate(bound, start=1):
+        rows_ = torch.cat(patches.pop(id(layer)))
+        cov = torch.cov(rows_.T)
+        w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+        if isinstance(layer, nn.Conv2d):  # unfold orders features channel-major
+            per_channel = w.shape[1] // (layer.in_channels // layer.groups)
+            feature = torch.arange(w.shape[1])
+            channel, offset = feature // per_channel, feature % per_channel
+        else:
+            channel = offset = torch.arange(w.shape[1])
+        true = torch.einsum("oi,ij,oj->o", w, cov, w)
+
+        def ratio(mask: Tensor, w=w, cov=cov, true=true) -> float:
+            kept = torch.einsum("oi,ij,oj->o", w, cov * mask, w)
+            return (kept / true).clamp_min(0).sqrt().mean().item()
+
+        rows.append({
+            "layer": i,
+            "independent": ratio(torch.eye(len(cov), dtype=cov.dtype)),
+            "spatial": ratio((channel[:, None] == channel[None, :]).to(cov.dtype)),
+            "channel": ratio((offset[:, None] == offset[None, :]).to(cov.dtype)),
+            "patches": len(rows_),
+        })  # fmt: skip
+    return rows

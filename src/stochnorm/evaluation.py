@@ -161,7 +161,8 @@ def evaluate_run(
     """Evaluate the trained run in directory `path` and save `evaluation.json` and
     `error_coverage.png` there (with `robustness_size` > 0 also `robustness.png`): final
     metrics, the uncertainty report on the test set (single pass, and MC-K for each K in
-    `samples` when the model has noise), the learned sigma_S / s per layer, and accuracy
+    `samples` when the model has noise; "samples" lists those used, "requested_samples"
+    those asked for), the learned sigma_S / s per layer, and accuracy
     under Gaussian input noise and FGSM on the first `robustness_size` test images."""
     from pathlib import Path
 
@@ -175,14 +176,16 @@ def evaluate_run(
     device = resolve_device(device)
     out = Path(path)
     cfg, data, model = load_run(out, device=device)
-    samples = tuple(samples) if noise_modules(model) else ()
+    requested, samples = list(samples), tuple(samples) if noise_modules(model) else ()
     test = uncertainty_report(
         model, data.test, samples=samples, batch_size=cfg.eval_batch_size, device=device,
         seed=seed,
     )  # fmt: skip
     result = {
         "metrics": final_metrics(model, data, cfg, device),
+        "requested_samples": requested,
         "samples": list(samples),
+        "robustness_size": robustness_size,
         "test": test,
         "learned_noise": learned_noise(model),
         "provenance": provenance(device),

@@ -4,6 +4,7 @@ minimizes the training loss reached after a few epochs, found per training case.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +27,7 @@ def lr_find(
     data: datasets.Splits | None = None,
     device: str | torch.device | None = "cpu",
     progress: bool = False,
+    on_trial: Callable[[float, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` for `epochs` epochs (default: the profile's, see LR_FIND_EPOCHS) from the
     same initialization with learning rates on a log grid over [lr_min, lr_max]
@@ -33,7 +35,7 @@ def lr_find(
     `refine` more trials, each halving (in log scale) the larger side of the bracket.
 
     The score of a trial is the mean training loss of its last epoch, +inf if it diverged.
-    Returns the best `lr`, every trial, and `at_edge` = True when the best rate lies at an
+    `on_trial(lr, loss)` is called after each trial. Returns the best `lr`, every trial, and `at_edge` = True when the best rate lies at an
     end of the range (then the range should be widened).
     """
     if not 0 < lr_min < lr_max:
@@ -52,6 +54,8 @@ def lr_find(
             history = result.metrics["history"]
             diverged = result.metrics["diverged"] or not history
             scores[log_lr] = math.inf if diverged else history[-1]["train_loss"]
+            if on_trial is not None:
+                on_trial(10.0**log_lr, scores[log_lr])
         return scores[log_lr]
 
     lo, hi = math.log10(lr_min), math.log10(lr_max)

@@ -127,3 +127,105 @@ def plot_bn_noise(result: Mapping, summary: Mapping, path: Path, qq_layer: int =
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
+
+
+def running_mean_std(values: Sequence[float], window: int) -> tuple[list[float], list[float]]:
+    """Trailing running mean and sample standard deviation of `values` over the last
+    `window` entries up to each position (fewer at the start; std 0 for a single value):
+    the solid line and the shaded band of the main paper's Fig. A.2."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    means, stds = [], []
+    for end in range(1, len(values) + 1):
+        chunk = values[max(0, end - window) : end]
+        mean = sum(chunk) / len(chunk)
+        means.append(mean)
+        if len(chunk) > 1:
+            stds.append((sum((v - mean) ** 2 for v in chunk) / (len(chunk) - 1)) ** 0.5)
+        else:
+            stds.append(0.0)
+    return means, stds
+
+
+def plot_curve_rows(
+    groups: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]], path: Path
+) -> Path:
+    """One row per group of runs (e.g. per normalization, main paper Fig. A.1), each with
+    the panels of `plot_curves`: training loss (train mode solid, eval mode dashed, log
+    scale), validation loss and validation accuracy against epochs, one colour per run."""
+    fig, axes = plt.subplots(len(groups), 3, figsize=(13, 3.6 * len(groups)), squeeze=False)
+    for row, (group, histories) in zip(axes, groups.items(), strict=True):
+        for i, (name, history) in enumerate(histories.items()):
+            colour = f"C{i}"
+            epochs = [r["epoch"] for r in history]
+            row[0].plot(epochs, [r["train_loss"] for r in history], color=colour, label=name)
+            if history and "train_eval_loss" in history[0]:
+                row[0].plot(
+                    epochs, [r["train_eval_loss"] for r in history], color=colour, ls="--",
+                    label=f"{name} (eval mode)",
+                )  # fmt: skip
+            row[1].plot(epochs, [r["val_loss"] for r in history], color=colour, label=name)
+            row[2].plot(epochs, [100 * r["val_acc"] for r in history], color=colour, label=name)
+        row[0].set(title=f"{group}: training loss", xlabel="epoch", yscale="log")
+        row[1].set(title=f"{group}: validation loss (NLL)", xlabel="epoch")
+        row[2].set(title=f"{group}: validation accuracy, %", xlabel="epoch")
+        for ax in row:
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+        row[2].legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_seed_spread(
+    groups: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]],
+    path: Path,
+    *,
+    key: str = "val_acc",
+    window: int = 10,
+) -> Path:
+    """Main paper Fig. A.2: one panel per group (e.g. per normalization) with the running
+    mean of `key` (accuracies in %) over `window` epochs of every run (solid) and, shaded,
+    the running mean +- the running standard deviation of the iterates of the group's first
+    run."""
+    scale, unit = (100, ", %") if key.endswith("acc") else (1, "")
+    title = key.replace("val_", "validation ").replace("acc", "accuracy").replace("_", " ")
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
+    for ax, (group, histories) in zip(axes[0], groups.items(), strict=True):
+        for i, (name, history) in enumerate(histories.items()):
+            epochs = [r["epoch"] for r in history]
+            mean, std = running_mean_std([scale * r[key] for r in history], window)
+            ax.plot(epochs, mean, color=f"C{i}", label=name)
+            if i == 0:
+                ax.fill_between(
+                    epochs, [m - s for m, s in zip(mean, std, strict=True)],
+                    [m + s for m, s in zip(mean, std, strict=True)], color=f"C{i}", alpha=0.2,
+                    label=f"{name}: std of iterates",
+                )  # fmt: skip
+        ax.set(title=f"{group}: {title}{unit} (running mean, {window} epochs)", xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_grouped_bars(
+    values: Mapping[str, Mapping[str, float]], path: Path, *, ylabel: str, title: str = ""
+) -> Path:
+    """One group of bars per key of `values` (e.g. a run), one bar per inner key (e.g. a
+    prediction mode: single pass, MC-10, MC-30), coloured by inner key and labelled with its
+    value; inner keys missing from a group leave a gap (main paper Table 1 as a chart)."""
+    groups = list(values)
+    bars = list(dict.fromkeys(k for inner in values.values() for k in inner))
+    width = 0.8 / max(len(bars), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 2), 4))
+    for j, bar in enumerate(bars):
+        offset = (j - (len(bars) - 1) / 2) * width
+        xs = [i + offset for i, g in enumerate(groups) if bar in values[g]]
+        ys = [values[g][bar] for g in groups if bar in values[g]]
+        drawn = ax.bar(xs, ys, width=width, color=f"C{j}", label=bar)
+        ax.bar_label(drawn, fmt="%.3f", fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(range(len(groups)), groups, rotation=25, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.margins(y=0.15)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)

@@ -153,7 +153,11 @@ class Lab:
         probe = cfg.replace(lr=TrainConfig.from_profile(cfg.profile).lr)
         for path in self._lr_files():
             found = load_json(path)
-            if found.get("config") == probe.to_dict():
+            try:
+                same = TrainConfig.from_dict(found.get("config", {})) == probe
+            except (ConfigError, TypeError):
+                continue
+            if same:
                 return found["lr"]
         result = lr_find(probe, device=self.device, progress=self.progress)
         result["config"] = probe.to_dict()
@@ -173,8 +177,9 @@ class Lab:
         after_step: Sequence[Callable] = (),
         loss_terms: Sequence[Callable] = (),
     ) -> RunDir:
-        """The completed run of `cfg` (with the learning rate from `lr` unless `search_lr`
-        is False): found in `reuse` or `runs_dir`, resumed if interrupted, else trained."""
+        """The finished run of `cfg` (with the learning rate from `lr` unless `search_lr`
+        is False): found in `reuse` or `runs_dir` (complete, or stopped by divergence:
+        metrics.json says which), resumed if interrupted, else trained."""
         from ..train import train
 
         if search_lr:
@@ -198,8 +203,10 @@ class Lab:
                     same = run.config() == cfg
                 except ConfigError:
                     continue
-                if same and run.metrics_path.exists() and run.metrics().get("complete"):
-                    return run
+                if same and run.metrics_path.exists():
+                    metrics = run.metrics()
+                    if metrics.get("complete") or metrics.get("diverged"):
+                        return run
         return None
 
     def evaluate(self, run: RunDir, samples: tuple[int, ...] = (10, 30), **kwargs) -> dict:
@@ -207,11 +214,9 @@ class Lab:
         from ..evaluation import evaluate_run
 
         existing = run.evaluation()
-        if (
-            existing is not None
-            and existing.get("samples") == list(samples)
-            and ("robustness" in existing or not kwargs.get("robustness_size"))
-        ):
+        wanted = {"requested_samples": list(samples),
+                  "robustness_size": kwargs.get("robustness_size", 0)}  # fmt: skip
+        if existing is not None and all(existing.get(k) == v for k, v in wanted.items()):
             return existing
         return evaluate_run(run.path, samples=samples, device=self.device, **kwargs)
 
