@@ -15,6 +15,25 @@ from .norms import AnalyticNorm, normalizations
 
 
 @torch.no_grad()
+def _eval_with_input_hooks(
+    model: nn.Module, x: Tensor, hooks: dict[nn.Module, Any], batch_size: int
+) -> None:
+    """Run the eval-mode `model` over `x` in batches without gradients, calling
+    `hooks[module](module, inputs)` before every forward of each module; the hooks and the
+    model's mode are restored afterwards."""
+    handles = [module.register_forward_pre_hook(hook) for module, hook in hooks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch, _ in datasets.batches(datasets.Split(x, torch.zeros(len(x))), batch_size):
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def analytic_statistics(
     model: nn.Module,
     x: Tensor,
@@ -43,16 +62,7 @@ def analytic_statistics(
         entry[1] = entry[1] + u.pow(2).sum(dims)
         entry[2] += u.numel() // u.shape[1]
 
-    handles = [n.register_forward_pre_hook(accumulate) for n in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch, _ in datasets.batches(datasets.Split(x, torch.zeros(len(x))), batch_size):
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _eval_with_input_hooks(model, x, {n: accumulate for n in layers}, batch_size)
     rows = []
     for i, n in enumerate(layers, start=1):
         total, total_sq, count = sums[id(n)]
@@ -507,17 +517,7 @@ def independence_error(
             u = u[torch.randperm(len(u), generator=g)[:share]]
         patches[id(layer)].append(u.double())
 
-    handles = [layer.register_forward_pre_hook(collect) for _, layer in bound]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch, _ in datasets.batches(datasets.Split(x, torch.zeros(len(x))), batch_size):
-                model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _eval_with_input_hooks(model, x, {layer: collect for _, layer in bound}, batch_size)
     rows = []
     for i, (_, layer) in enumerate(bound, start=1):
         rows_ = torch.cat(patches.pop(id(layer)))

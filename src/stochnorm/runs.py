@@ -24,6 +24,9 @@ class RunDir:
     curves_path = property(lambda self: self.path / "curves.png")
     evaluation_path = property(lambda self: self.path / "evaluation.json")
 
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
     @property
     def name(self) -> str:
         return self.path.name

@@ -574,8 +574,8 @@ class Conditioning(Experiment):
         slope = fit_slope(depths, mean.tolist())
         middle, at = statistics.fmean(depths), mean.mean().item()  # the fit's centroid
         theory = numbers["theory_slope"]
-        for rate, style, text in ((slope, "k--", f"fit: {slope:.2f} per factor"),
-                                  (theory, "r:", f"Lyapunov limit {theory:.2f}")):  # fmt: skip
+        for rate, style, text in ((slope, "k--", f"fit: ln kappa +{slope:.2f} per factor"),
+                                  (theory, "r:", f"Lyapunov limit: ln kappa +{theory:.2f}")):  # fmt: skip
             line = [(at + rate * (d - middle)) / log10 for d in depths]
             axes[0].plot(depths, line, style, lw=1, label=text)
         axes[0].set(
