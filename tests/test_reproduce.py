@@ -96,3 +96,10 @@ def test_reproduction_report_lists_every_result(shared_out, tmp_path):
     assert len(links) == sum(len(json.loads(p.read_text())["figures"]) for p in results)
     assert all((out.parent / link).is_file() for link in links)
     assert "## Where our measurement disagrees with the paper" in text
+    # an experiment without a result is listed as such
+    (shared_out / "fig1-bn-generalization" / "result.json").rename(tmp_path / "kept.json")
+    try:
+        assert main(["report", "--reproduction", str(shared_out), "--out", str(out)]) == 0
+    finally:
+        (tmp_path / "kept.json").rename(shared_out / "fig1-bn-generalization" / "result.json")
+    assert "| fig1-bn-generalization | main | Fig. 1 | - | not run yet |" in out.read_text()

@@ -140,7 +140,7 @@ def write_reproduction_report(
     paper's claim, our figures, numbers, verdict, profile and hardware."""
     import os
 
-    from .experiments import PAPERS, load_result
+    from .experiments import PAPERS, load_result, registry
     from .experiments.base import FAILS, RESULT_FILE
 
     files = []
@@ -173,6 +173,10 @@ def write_reproduction_report(
             f"| [{r['experiment']}](#{r['experiment']}-{r['profile']}) | {r['paper']} | "
             f"{r['figure']} | {r['profile']} | {r['verdict']['status']} |"
         )
+    done = {r["experiment"] for _, r in records}
+    for name, exp in registry().items():
+        if name not in done:
+            lines.append(f"| {name} | {exp.paper} | {exp.figure} | - | not run yet |")
     disagreements = [r for _, r in records if r["verdict"]["status"] == FAILS]
     lines += ["", "## Where our measurement disagrees with the paper", ""]
     lines += [
