@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint data setup clean results-quick results-fig3 results-table1 \
-  results-reproduce
+  results-reproduce FORCE
 .SECONDARY:
 
 demo: setup data
@@ -58,13 +58,15 @@ quick_flags = --norm $(firstword $(subst -, ,$(1))) $(if $(findstring -proj,$(1)
 $(QUICK)/lr-find-%.json: | setup data
 	$(BIN)/stochnorm lr-find --profile quick $(call quick_flags,$*) --no-progress --out $@
 
-$(QUICK)/%/metrics.json: $(QUICK)/lr-find-%.json
+# A run is always visited: `train --resume` continues an interrupted run and leaves a
+# finished one as it is (file times after a clone say nothing about which runs are done).
+$(QUICK)/%/metrics.json: FORCE | $(QUICK)/lr-find-%.json
 	if [ -f $(QUICK)/$*/checkpoint.pt ]; then \
 	  $(BIN)/stochnorm train --out $(QUICK)/$* --resume --no-progress; \
 	else \
 	  $(BIN)/stochnorm train --profile quick $(call quick_flags,$*) --no-progress \
 	    --out $(QUICK)/$* \
-	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$<'))['lr'])"); \
+	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$|'))['lr'])"); \
 	fi
 
 BASELINES := batch none
@@ -95,3 +97,5 @@ results-reproduce: | setup data
 	$(BIN)/stochnorm reproduce all --profile quick --out results/reproduce/quick \
 	  --reuse $(QUICK) --no-progress
 	$(BIN)/stochnorm report --reproduction results/reproduce/quick --out results/REPRODUCTION.md
+
+FORCE:

@@ -49,13 +49,7 @@ def test_resume_after_a_crash_ends_with_the_same_metrics(tmp_path, tiny_fashion)
     cfg = TrainConfig(**{**TINY, "epochs": 3})
     reference = train(cfg, tmp_path / "a", data=tiny_fashion, progress=False).metrics
 
-    steps = {"n": 0}
-
-    def crash_in_second_epoch(model):
-        steps["n"] += 1
-        if steps["n"] == 8 + 3:  # 256 images / 32 = 8 steps per epoch
-            raise KeyboardInterrupt
-
+    crash_in_second_epoch = _interrupt_after(8 + 3)  # 256 images / 32 = 8 steps per epoch
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "b", data=tiny_fashion, progress=False,
               after_step=[crash_in_second_epoch])  # fmt: skip
@@ -63,6 +57,41 @@ def test_resume_after_a_crash_ends_with_the_same_metrics(tmp_path, tiny_fashion)
     assert len(partial["history"]) == 1 and not partial["complete"]
     resumed = train(cfg, tmp_path / "b", data=tiny_fashion, progress=False, resume=True).metrics
     assert _strip_times(resumed) == _strip_times(reference)
+
+
+def test_resuming_a_finished_run_leaves_it_as_it_was(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    first = train(cfg, tmp_path / "run", data=tiny_fashion, progress=False)
+    written = (tmp_path / "run" / "metrics.json").read_bytes()
+    again = train(cfg, tmp_path / "run", data=tiny_fashion, progress=False, resume=True)
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == written
+    assert again.metrics["final"] == json.loads(written)["final"]
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[name], value), name
+
+
+def test_an_optimizer_state_of_another_layout_is_named(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 2})
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, data=tiny_fashion, progress=False,
+              after_step=[_interrupt_after(8 + 1)])  # fmt: skip
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(RunDirError, match="optimizer state does not fit"):
+        train(cfg, run, data=tiny_fashion, progress=False, resume=True)
+
+
+def _interrupt_after(steps: int):
+    count = {"n": 0}
+
+    def step(model):
+        count["n"] += 1
+        if count["n"] == steps:
+            raise KeyboardInterrupt
+
+    return step
 
 
 def test_run_dir_guards(tmp_path, tiny_fashion):

@@ -171,8 +171,11 @@ def train(
     state = run.checkpoint() if run is not None and resume else None
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
+        finished = _finished_metrics(run, len(history))
+        if finished is not None:  # nothing left to train: the run stays as it was written
+            return TrainResult(model, finished)
+        _load_optimizer_state(optimizer, state["optimizer"], run)
     result = {"config": cfg.to_dict(), "provenance": provenance(device), "data": _describe(data)}
 
     diverged = False
@@ -314,6 +317,26 @@ def load_run(
         attach_analytic(model, cfg, data)
     model.load_state_dict(state["model"])
     return cfg, data, model.to(resolve_device(device)).eval()
+
+
+def _finished_metrics(run: RunDir, epochs_done: int) -> dict[str, Any] | None:
+    """The saved metrics of `run` if it has ended (complete, or stopped by a divergence) with
+    `epochs_done` epochs in its checkpoint, else None."""
+    if not run.metrics_path.is_file():
+        return None
+    saved = run.metrics()
+    ended = saved.get("complete") or saved.get("diverged")
+    return saved if ended and len(saved.get("history", ())) == epochs_done else None
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, run: RunDir) -> None:
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as error:  # e.g. parameter groups laid out by another version
+        raise RunDirError(
+            f"{run.checkpoint_path}: its optimizer state does not fit this version's optimizer "
+            f"({error}); the run cannot be continued exactly, start it anew in another --out"
+        ) from error
 
 
 def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
