@@ -103,3 +103,13 @@ def test_reproduction_report_lists_every_result(shared_out, tmp_path):
     finally:
         (tmp_path / "kept.json").rename(shared_out / "fig1-bn-generalization" / "result.json")
     assert "| fig1-bn-generalization | main | Fig. 1 | - | not run yet |" in out.read_text()
+
+
+def test_config_key_depends_only_on_the_settings_that_differ_from_the_defaults():
+    from stochnorm.config import TrainConfig
+    from stochnorm.experiments.base import config_key
+
+    cfg = TrainConfig(norm="analytic", project=True)
+    assert config_key(cfg) == config_key(TrainConfig(project=True, norm="analytic"))
+    assert config_key(cfg) != config_key(cfg.replace(seed=1))
+    assert config_key(cfg) != config_key(cfg.replace(noise_lr_factor=10.0, noise="bayes"))

@@ -197,3 +197,31 @@ def test_eval_size_keeps_the_first_validation_and_test_images():
     assert torch.equal(capped.train.x, whole.train.x)
     with pytest.raises(ConfigError, match="eval_size must be >= 1"):
         TrainConfig(eval_size=0)
+
+
+def test_noise_lr_factor_scales_only_the_step_of_the_noise_parameters():
+    import copy
+
+    from stochnorm.models import AllCNN
+    from stochnorm.train import add_noise, make_optimizer
+
+    torch.manual_seed(0)
+    model = add_noise(AllCNN(1, 10, width=0.1, norm="weight"), "bayes", sigma_s=0.2).double()
+    x, y = torch.randn(8, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (8,))
+    moved = {}
+    for factor in (1.0, 7.0):
+        cfg = TrainConfig(norm="weight", noise="bayes", lr=0.01, noise_lr_factor=factor)
+        copy_ = copy.deepcopy(model)
+        optimizer = make_optimizer(cfg, copy_)
+        for group in optimizer.param_groups:  # as the training loop sets them
+            group["lr"] = cfg.lr * group["lr_factor"]
+        torch.manual_seed(1)  # the same noise draw for both
+        torch.nn.functional.nll_loss(copy_(x), y).backward()
+        optimizer.step()
+        before = dict(model.named_parameters())
+        moved[factor] = {n: p.detach() - before[n].detach() for n, p in copy_.named_parameters()}
+    noise_names = [n for n in moved[1.0] if n.endswith("noise.u")]
+    assert noise_names and all(moved[1.0][n].abs().max() > 0 for n in noise_names)
+    for name, step in moved[1.0].items():
+        expected = step * 7.0 if name in noise_names else step
+        torch.testing.assert_close(moved[7.0][name], expected, rtol=1e-9, atol=1e-15)

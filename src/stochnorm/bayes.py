@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .noise import BNLikeNoise, ScaleNoise, _Noise
+from .noise import BNLikeNoise, ScaleNoise, noise_modules
 from .norms import normalizations
 
 
@@ -86,11 +86,6 @@ def elbo_loss_term(kl_factor: float, dataset_size: int) -> Callable[[nn.Module],
     if dataset_size < 1:
         raise ValueError("dataset_size must be >= 1")
     return lambda model: kl_divergence(model) * (kl_factor / dataset_size)
-
-
-def noise_modules(model: nn.Module) -> list[_Noise]:
-    """Every noise module of `model`."""
-    return [m for m in model.modules() if isinstance(m, _Noise)]
 
 
 @contextlib.contextmanager

@@ -43,6 +43,9 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     ),
     "--sigma-s": ("sigma_s", float, "bayes: initial std of the scale posterior q(S) (0.1)"),
     "--kl-factor": ("kl_factor", float, "bayes: weight of the KL term, 1 = Bayesian (1)"),
+    "--noise-lr-factor": (
+        "noise_lr_factor", float, "bayes: learning rate of sigma_S as a multiple of --lr (1)",
+    ),
     "--seed": ("seed", int, "seed of initialization, batch order, augmentation and noise"),
     "--split-seed": ("split_seed", int, "seed of the fixed 90/10 train/validation split"),
     "--eval-train-size": (

@@ -28,7 +28,8 @@ class TrainConfig:
     (additive) and `sigma_u` (multiplicative) after every normalization; a value for all
     layers or one per layer) or "bayes" (learned
     scale noise starting at `sigma_s`, one per channel or per layer, trained on the ELBO
-    with the KL term weighted by `kl_factor`). `data_init` applies the data-dependent initialization of appendix A.1
+    with the KL term weighted by `kl_factor`; the noise parameters step at
+    `noise_lr_factor` times the learning rate, without weight decay). `data_init` applies the data-dependent initialization of appendix A.1
     to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
     the training batch plus `norm_batch - batch_size` other random training samples in the
     same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
@@ -59,6 +60,7 @@ class TrainConfig:
     sigma_s: float = 0.1
     sigma_s_per_layer: bool = False
     kl_factor: float = 1.0
+    noise_lr_factor: float = 1.0
     seed: int = 0
     split_seed: int = 0
     eval_train_size: int = 1000
@@ -101,6 +103,10 @@ class TrainConfig:
             need(all(v >= 0 for v in values), f"{name} must be >= 0")
         need(self.sigma_s > 0, f"sigma_s must be > 0, got {self.sigma_s}")
         need(self.kl_factor >= 0, f"kl_factor must be >= 0, got {self.kl_factor}")
+        need(
+            math.isfinite(self.noise_lr_factor) and self.noise_lr_factor > 0,
+            f"noise_lr_factor must be > 0, got {self.noise_lr_factor}",
+        )
         need(self.eval_train_size >= 0, "eval_train_size must be >= 0")
         need(self.eval_size is None or self.eval_size >= 1, "eval_size must be >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")

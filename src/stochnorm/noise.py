@@ -39,6 +39,11 @@ class _Noise(nn.Module):
         return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
 
+def noise_modules(model: nn.Module) -> list[_Noise]:
+    """Every noise module of `model`."""
+    return [m for m in model.modules() if isinstance(m, _Noise)]
+
+
 def bn_noise_model(
     n: int, shape: tuple[int, ...], generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:

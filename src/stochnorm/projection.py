@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .noise import noise_modules
 from .norms import normalizations
 
 
@@ -29,13 +30,22 @@ def project_(model: nn.Module) -> nn.Module:
     return model
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, noise_lr_factor: float = 1.0
+) -> list[dict]:
     """Optimizer groups: weight decay on every parameter except the scale-invariant weights
-    (decay on them has no minimizer, section 2)."""
+    (decay on them has no minimizer, section 2) and the parameters of learned noise (their
+    prior is the KL term); those, when the model has any, form a third group whose learning
+    rate is `noise_lr_factor` times the others' (key `lr_factor` of each group)."""
     invariant = {id(p) for p in scale_invariant_weights(model)}
+    noise = {id(p) for m in noise_modules(model) for p in m.parameters()}
     free = [p for p in model.parameters() if id(p) in invariant]
-    decayed = [p for p in model.parameters() if id(p) not in invariant]
-    return [
-        {"params": decayed, "weight_decay": weight_decay},
-        {"params": free, "weight_decay": 0.0},
+    decayed = [p for p in model.parameters() if id(p) not in invariant | noise]
+    groups = [
+        {"params": decayed, "weight_decay": weight_decay, "lr_factor": 1.0},
+        {"params": free, "weight_decay": 0.0, "lr_factor": 1.0},
     ]
+    if noise:
+        learned = [p for p in model.parameters() if id(p) in noise]
+        groups.append({"params": learned, "weight_decay": 0.0, "lr_factor": noise_lr_factor})
+    return groups

@@ -108,9 +108,11 @@ def training_inputs(data: datasets.Splits, cfg: TrainConfig, count: int = 10_000
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; no weight decay on scale-invariant weights."""
+    """SGD with Nesterov momentum; no weight decay on scale-invariant weights or learned
+    noise, whose learning rate is `cfg.noise_lr_factor` times the others'."""
     return torch.optim.SGD(
-        parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+        parameter_groups(model, cfg.weight_decay, cfg.noise_lr_factor), lr=cfg.lr,
+        momentum=cfg.momentum,
         nesterov=cfg.momentum > 0,
     )  # fmt: skip
 
@@ -189,7 +191,7 @@ def train(
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
+            group["lr"] = cfg.lr_at(epoch) * group.get("lr_factor", 1.0)  # absent: older runs
         train_loss, objective = train_epoch(
             model, optimizer, data, cfg, generator, device, after_step=after_step,
             loss_terms=loss_terms,

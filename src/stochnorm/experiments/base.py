@@ -102,7 +102,11 @@ def tail_mean(history: Sequence[dict], key: str, last: int = 10) -> float:
 
 
 def config_key(cfg: TrainConfig) -> str:
-    text = json.dumps(cfg.to_dict(), sort_keys=True)
+    """A short name for `cfg`: a hash of the settings that differ from TrainConfig's
+    defaults, so that a new setting (at its default) leaves the names of old runs alone."""
+    defaults = TrainConfig().to_dict()
+    text = json.dumps({k: v for k, v in cfg.to_dict().items() if v != defaults[k]},
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
