@@ -91,21 +91,22 @@ results-table1: $(TABLE1:%=$(QUICK)/%/evaluation.json)
 	$(BIN)/stochnorm report $(TABLE1:%=$(QUICK)/%) --out $(QUICK)/table1 \
 	  --title "Quick profile: the main paper's Table 1 on Fashion-MNIST"
 
-# Where learned noise helps: analytic norm + projection + Bayes at the quick data and width
-# for 20 epochs (rate falling to 0.1x after 10), at the rate lr-find chose for the 60-epoch
-# run, from sigma_S = SIGMA and with the noise parameters stepping at FACTOR x the rate.
+# Where learned noise helps: analytic norm + projection at the quick data and width for 20
+# epochs (rate falling to 0.1x after 10), at the rate lr-find chose for the 60-epoch Bayes
+# run. Case sS-fF: learned noise from sigma_S = S, its parameters stepping at F x the rate;
+# case none: no noise (the reference).
 SCREEN := $(QUICK)/bayes-screen
-SCREEN_CASES := s0.1-f1 s0.3-f1 s0.1-f30
+SCREEN_CASES := none s0.1-f1 s0.3-f1 s0.1-f30 s0.3-f30 s0.1-f100
+screen_flags = $(if $(filter none,$(1)),,--noise bayes \
+  --sigma-s $(patsubst s%,%,$(word 1,$(subst -, ,$(1)))) \
+  --noise-lr-factor $(patsubst f%,%,$(word 2,$(subst -, ,$(1)))))
 $(SCREEN)/%/evaluation.json: | setup data
-	$(eval SIGMA := $(patsubst s%,%,$(word 1,$(subst -, ,$*))))
-	$(eval FACTOR := $(patsubst f%,%,$(word 2,$(subst -, ,$*))))
 	if [ -f $(SCREEN)/$*/checkpoint.pt ]; then \
 	  $(BIN)/stochnorm train --out $(SCREEN)/$* --resume --no-progress; \
 	else \
-	  $(BIN)/stochnorm train --profile quick $(call quick_flags,analytic-proj-bayes) \
-	    --epochs 20 --lr-decay-epochs 10 --sigma-s $(SIGMA) --noise-lr-factor $(FACTOR) \
-	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$(QUICK)/lr-find-analytic-proj-bayes.json'))['lr'])") \
-	    --no-progress --out $(SCREEN)/$*; \
+	  $(BIN)/stochnorm train --profile quick --norm analytic --project $(call screen_flags,$*) \
+	    --epochs 20 --lr-decay-epochs 10 --no-progress --out $(SCREEN)/$* \
+	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$(QUICK)/lr-find-analytic-proj-bayes.json'))['lr'])"); \
 	fi
 	$(BIN)/stochnorm evaluate $(SCREEN)/$* --samples 10 --robustness-size 0
 
