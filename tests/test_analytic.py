@@ -69,3 +69,41 @@ def test_an_stats_command(tmp_path, capsys):
     text = (out / "an-stats.md").read_text()
     assert "| 1 | 10 | 0.000 | 1.000 |" in text
     assert (out / "an-stats.json").exists()
+
+
+@pytest.mark.parametrize("noise", ["bn-like", "bayes"])
+def test_propagation_after_noise_uses_the_layer_output_with_mean_parameters(noise):
+    """A model with noise and the noise-free model computing the same eval function get
+    the same analytic statistics; the noise module's rule matches its sampled-free output."""
+    from stochnorm import AllCNN
+    from stochnorm.analytic import attach
+    from stochnorm.bayes import add_noise
+    from stochnorm.norms import normalizations
+
+    torch.manual_seed(0)
+    plain = AllCNN(1, 10, width=0.1, norm="analytic")
+    noisy = add_noise(AllCNN(1, 10, width=0.1, norm="analytic"), noise, sigma_s=0.3,
+                      sigma_v=0.2, sigma_u=0.2)  # fmt: skip
+    noisy.load_state_dict(plain.state_dict(), strict=False)
+    for a, b in zip(normalizations(plain), normalizations(noisy), strict=True):
+        with torch.no_grad():
+            a.weight.uniform_(0.5, 2.0)
+            a.bias.uniform_(-1.0, 1.0)
+            b.weight.copy_(a.weight)
+            # the bayes layer computes (z + b) s: its bias is the plain one divided by s
+            b.bias.copy_(a.bias / a.weight if noise == "bayes" else a.bias)
+    x = torch.randn(4, 1, 28, 28)
+    plain.eval(), noisy.eval()
+    for model in (plain, noisy):
+        attach(model, 0.2, 1.5, channels=1, size=(28, 28))
+    torch.testing.assert_close(noisy(x), plain(x), rtol=1e-5, atol=1e-5)
+    for a, b in zip(normalizations(plain), normalizations(noisy), strict=True):
+        torch.testing.assert_close(b.mu, a.mu, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.sigma, a.sigma, rtol=1e-5, atol=1e-6)
+    # the rule itself against the layer's eval output for standardized inputs
+    layer = normalizations(noisy)[0]
+    z = torch.randn(200_000, layer.num_features, 1, 1, dtype=torch.float64)
+    y = layer.noise(z, layer.weight.double(), layer.bias.double())
+    mean, var = layer.noise.output_moments(layer.weight.double(), layer.bias.double())
+    torch.testing.assert_close(y.mean((0, 2, 3)), mean.detach(), atol=0.02, rtol=0)  # ~5 s.e.
+    torch.testing.assert_close(y.var((0, 2, 3)), var.detach(), rtol=0.02, atol=0)

@@ -166,9 +166,13 @@ class MomentPropagation:
         if isinstance(module, AnalyticNorm):
             module.set_statistics(mean, var)
         if isinstance(module, _Normalization | nn.modules.batchnorm._BatchNorm):
-            # the normalized output has mean 0 and variance 1, then the affine s, b
+            # the normalized output has mean 0 and variance 1, then the affine s, b and any
+            # noise with its mean parameters (what evaluation sees; SPEC section 2)
             w = module.weight if module.weight is not None else torch.ones_like(mean)
             b = module.bias if module.bias is not None else torch.zeros_like(mean)
+            noise = getattr(module, "noise", None)
+            if noise is not None:
+                return (*noise.output_moments(w, b), size)
             return b, w * w, size
         if isinstance(module, nn.LeakyReLU):
             return (*moments.leaky_relu(mean, var, module.negative_slope), size)

@@ -38,6 +38,12 @@ class _Noise(nn.Module):
     def _randn(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
+    def output_moments(self, s: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and variance of the layer output with mean parameters (noise
+        off, as evaluation sees it) for a standardized input z (mean 0, variance 1): the
+        rule moment propagation applies after a normalization with this noise."""
+        return b, s * s
+
 
 def noise_modules(model: nn.Module) -> list[_Noise]:
     """Every noise module of `model`."""
@@ -150,6 +156,10 @@ class ScaleNoise(_Noise):
         """KL(q(S) || p(S)) summed over the channels of the layer, for the scale means `s`
         (the `weight` of the normalization this noise belongs to)."""
         return kl_normal(s, self.sigma_s.expand_as(s), 1.0, self.prior_sigma).sum()
+
+    def output_moments(self, s: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """`(z + b) s`: mean b s, variance s^2 (noise off)."""
+        return b * s, s * s
 
     def forward(self, z: Tensor, s: Tensor, b: Tensor) -> Tensor:
         view = (1, -1) + (1,) * (z.ndim - 2)
