@@ -46,12 +46,14 @@ clean:
 # training case, a 60-epoch run with the rate found, then a report. NAME is a norm, with
 # "-proj" for projection onto ||w|| = 1 (e.g. batch, none, weight-proj, analytic-proj).
 # Suffixes: "-bnlike" adds BN-like noise with the sigmas measured on the quick BN run,
-# "-bayes" learned scale noise (e.g. analytic-proj-bayes).
+# "-bayes" learned scale noise (e.g. analytic-proj-bayes); population norm takes gamma decay
+# GAMMA_DECAY, and "-detached" makes its statistics constants in the backward pass.
 QUICK := results/quick
 GAMMA_DECAY := 1e-4
 BN_NOISE := results/bn-noise/bn-noise.json
 quick_flags = --norm $(firstword $(subst -, ,$(1))) $(if $(findstring -proj,$(1)),--project) \
   $(if $(findstring population,$(1)),--gamma-decay $(GAMMA_DECAY)) \
+  $(if $(findstring -detached,$(1)),--no-population-gradient) \
   $(if $(findstring -bnlike,$(1)),--noise bn-like --noise-from $(BN_NOISE)) \
   $(if $(findstring -bayes,$(1)),--noise bayes)
 
@@ -75,7 +77,8 @@ results-quick: $(BASELINES:%=$(QUICK)/%/metrics.json)
 	  --title "Quick profile: batch norm vs no normalization (Fashion-MNIST)"
 
 # Main paper Fig. 3: each normalization with and without projection.
-FIG3 := batch batch-proj analytic-proj weight-proj analytic weight population population-proj
+FIG3 := batch batch-proj analytic-proj weight-proj analytic weight population population-proj \
+  population-detached
 results-fig3: $(FIG3:%=$(QUICK)/%/metrics.json)
 	$(BIN)/stochnorm report $(FIG3:%=$(QUICK)/%) --out $(QUICK)/fig3 \
 	  --title "Quick profile: normalizations with and without projection (Fashion-MNIST)"

@@ -53,11 +53,12 @@ def test_factory_binds_and_checks_sizes():
     assert copied[1].layer is copied[0]
 
 
-def test_population_norm_uses_running_estimates_not_the_batch():
+@pytest.mark.parametrize("gradient", [True, False])
+def test_population_norm_uses_running_estimates_not_the_batch(gradient):
     from stochnorm.norms import PopulationNorm, gamma_decay
 
     torch.manual_seed(0)
-    pn = PopulationNorm(3, momentum=0.5)
+    pn = PopulationNorm(3, momentum=0.5, gradient=gradient)
     first = torch.randn(64, 3, 4, 4) * 2 + 1
     pn(first)  # initializes the estimates with the first batch
     flat = first.transpose(0, 1).reshape(3, -1)
@@ -79,3 +80,31 @@ def test_population_norm_uses_running_estimates_not_the_batch():
     with torch.no_grad():
         pn.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
     assert gamma_decay(nn.Sequential(pn)).item() == pytest.approx(14.0)
+
+
+def test_population_norm_gradient_is_batch_norms_where_the_statistics_agree():
+    """With population estimates equal to the batch's statistics, `gradient=True` gives
+    batch norm's forward and backward; constant statistics give the same forward but a
+    gradient without BN's projection."""
+    from stochnorm.norms import PopulationNorm
+
+    torch.manual_seed(0)
+    u = (torch.randn(16, 3, 4, 4) * 2 + 1).double()
+    g = torch.randn_like(u)
+    var, mean = torch.var_mean(u, (0, 2, 3), correction=0)
+    outputs, grads = {}, {}
+    for name, layer in {"batch": BatchNorm(3), "pn": PopulationNorm(3),
+                        "pn-const": PopulationNorm(3, gradient=False)}.items():  # fmt: skip
+        layer = layer.double()
+        if name != "batch":  # estimates already made, equal to this batch's statistics
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(var)
+            layer.num_batches_tracked.fill_(1)
+        x = u.clone().requires_grad_()
+        outputs[name] = layer(x)
+        (outputs[name] * g).sum().backward()
+        grads[name] = x.grad
+    for name in ("pn", "pn-const"):
+        torch.testing.assert_close(outputs[name], outputs["batch"], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grads["pn"], grads["batch"], rtol=1e-9, atol=1e-9)
+    assert (grads["pn-const"] - grads["batch"]).abs().max() > 0.1

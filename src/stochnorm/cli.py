@@ -66,6 +66,11 @@ SWITCHES = {  # on/off flag (--x / --no-x) -> (TrainConfig field, help)
     "--project": (
         "project", "project scale-invariant weights onto ||w|| = 1 after every step (off)",
     ),
+    "--population-gradient": (
+        "population_gradient",
+        "population norm: gradient through the batch's statistics, forward with the "
+        "population's (on)",
+    ),
     "--sigma-s-per-layer": (
         "sigma_s_per_layer", "bayes: one sigma_S per layer instead of one per channel (off)",
     ),

@@ -22,7 +22,8 @@ class TrainConfig:
     has fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200).
     `project` keeps every scale-invariant weight at unit norm per output channel after each
     step (section 2). `gamma_decay` adds `gamma_decay * sum of s^2` over all normalization
-    scales to the loss (Luo et al.). `exact_first_layer`: analytic norm computes the moments
+    scales to the loss (Luo et al.); `population_gradient`: population norm differentiates
+    its statistics through the batch's (see `norms.PopulationNorm`). `exact_first_layer`: analytic norm computes the moments
     of the first conv's output from the measured covariance of its input patches instead of
     assuming independent pixels. `noise`: None, "bn-like" (fixed noise of std `sigma_v`
     (additive) and `sigma_u` (multiplicative) after every normalization; a value for all
@@ -53,6 +54,7 @@ class TrainConfig:
     data_init: bool = True
     project: bool = False
     gamma_decay: float = 0.0
+    population_gradient: bool = True
     exact_first_layer: bool = True
     noise: str | None = None
     sigma_v: float | tuple[float, ...] = 0.0

@@ -29,7 +29,7 @@ from .errors import RunDirError
 from .evaluation import loss_and_accuracy, nll_loss, predict_probs
 from .initialization import data_dependent_init_
 from .models import AllCNN
-from .norms import Norm, gamma_decay
+from .norms import Norm, PopulationNorm, gamma_decay, normalizations
 from .projection import parameter_groups, project_
 from .provenance import provenance
 from .runs import RunDir
@@ -59,6 +59,9 @@ def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
     model = AllCNN(
         data.in_channels, data.num_classes, width=cfg.width, norm=cfg.norm, padding=cfg.padding
     )
+    for layer in normalizations(model):
+        if isinstance(layer, PopulationNorm):
+            layer.gradient = cfg.population_gradient
     if cfg.noise is not None:
         add_noise(
             model, cfg.noise, sigma_s=cfg.sigma_s, per_channel=not cfg.sigma_s_per_layer,
