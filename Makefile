@@ -47,7 +47,8 @@ clean:
 # "-proj" for projection onto ||w|| = 1 (e.g. batch, none, weight-proj, analytic-proj).
 # Suffixes: "-bnlike" adds BN-like noise with the sigmas measured on the quick BN run,
 # "-bayes" learned scale noise (e.g. analytic-proj-bayes); population norm takes gamma decay
-# GAMMA_DECAY, and "-detached" makes its statistics constants in the backward pass.
+# GAMMA_DECAY, and "-detached" makes its statistics constants in the backward pass; "-fN"
+# steps the learned noise at N times the learning rate (e.g. analytic-proj-bayes-f30).
 QUICK := results/quick
 GAMMA_DECAY := 1e-4
 BN_NOISE := results/bn-noise/bn-noise.json
@@ -55,7 +56,8 @@ quick_flags = --norm $(firstword $(subst -, ,$(1))) $(if $(findstring -proj,$(1)
   $(if $(findstring population,$(1)),--gamma-decay $(GAMMA_DECAY)) \
   $(if $(findstring -detached,$(1)),--no-population-gradient) \
   $(if $(findstring -bnlike,$(1)),--noise bn-like --noise-from $(BN_NOISE)) \
-  $(if $(findstring -bayes,$(1)),--noise bayes)
+  $(if $(findstring -bayes,$(1)),--noise bayes) \
+  $(patsubst f%,--noise-lr-factor %,$(filter f%,$(subst -, ,$(1))))
 
 $(QUICK)/lr-find-%.json: | setup data
 	$(BIN)/stochnorm lr-find --profile quick $(call quick_flags,$*) --no-progress --out $@
