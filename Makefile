@@ -107,17 +107,21 @@ screen_flags = $(if $(filter none,$(1)),,--noise bayes \
   --sigma-s $(patsubst s%,%,$(word 1,$(subst -, ,$(1)))) \
   --noise-lr-factor $(patsubst f%,%,$(word 2,$(subst -, ,$(1)))) \
   $(if $(word 3,$(subst -, ,$(1))),--kl-factor $(patsubst k%,%,$(word 3,$(subst -, ,$(1))))))
-$(SCREEN)/%/evaluation.json: | setup data
+# A case that diverges keeps its run directory (metrics.json says so) and is reported as such.
+$(SCREEN)/%/metrics.json: FORCE | setup data
 	if [ -f $(SCREEN)/$*/checkpoint.pt ]; then \
 	  $(BIN)/stochnorm train --out $(SCREEN)/$* --resume --no-progress; \
 	else \
 	  $(BIN)/stochnorm train --profile quick --norm analytic --project $(call screen_flags,$*) \
 	    --epochs 20 --lr-decay-epochs 10 --no-progress --out $(SCREEN)/$* \
 	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$(QUICK)/lr-find-analytic-proj-bayes.json'))['lr'])"); \
-	fi
-	$(BIN)/stochnorm evaluate $(SCREEN)/$* --samples 10 --robustness-size 0
+	fi || grep -q '"diverged": true' $@
 
-results-bayes-screen: $(SCREEN_CASES:%=$(SCREEN)/%/evaluation.json)
+results-bayes-screen: $(SCREEN_CASES:%=$(SCREEN)/%/metrics.json)
+	for case in $(SCREEN_CASES); do \
+	  [ -f $(SCREEN)/$$case/evaluation.json ] || [ ! -f $(SCREEN)/$$case/checkpoint.pt ] || \
+	    $(BIN)/stochnorm evaluate $(SCREEN)/$$case --samples 10 --robustness-size 0 || exit 1; \
+	done
 	$(BIN)/stochnorm report $(SCREEN_CASES:%=$(SCREEN)/%) --out $(SCREEN) \
 	  --title "Learned scale noise: initial sigma_S and its step size (20 quick epochs)"
 
