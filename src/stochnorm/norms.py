@@ -148,15 +148,25 @@ class BatchNorm(_Normalization):
     def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
             return self.running_mean, (self.running_var + self.eps).sqrt()
+        var, mu, unbiased = self._batch_moments(u)
+        self._track(mu, unbiased)
+        return mu, (var + self.eps).sqrt()
+
+    @staticmethod
+    def _batch_moments(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The biased variance and the mean of u per channel over the batch and spatial
+        positions (with gradients), and the unbiased variance (without)."""
         dims = [0] + list(range(2, u.ndim))
         var, mu = torch.var_mean(u, dims, correction=0)
-        with torch.no_grad():
-            n = u.numel() // u.shape[1]
-            unbiased = var * (n / max(n - 1, 1))
-            self.running_mean.lerp_(mu, self.momentum)
-            self.running_var.lerp_(unbiased, self.momentum)
-            self.num_batches_tracked += 1
-        return mu, (var + self.eps).sqrt()
+        n = u.numel() // u.shape[1]
+        return var, mu, var.detach() * (n / max(n - 1, 1))
+
+    @torch.no_grad()
+    def _track(self, mu: Tensor, unbiased: Tensor) -> None:
+        """Move the running estimates towards this batch's statistics."""
+        self.running_mean.lerp_(mu.detach(), self.momentum)
+        self.running_var.lerp_(unbiased, self.momentum)
+        self.num_batches_tracked += 1
 
     def forward(self, u: Tensor) -> Tensor:
         if self.noise is not None:
@@ -253,20 +263,15 @@ class PopulationNorm(BatchNorm):
 
     def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
-            return self.running_mean, (self.running_var + self.eps).sqrt()
-        dims = [0] + list(range(2, u.ndim))
-        var, mu = torch.var_mean(u, dims, correction=0)
+            return super().statistics(u)
+        var, mu, unbiased = self._batch_moments(u)
         with torch.no_grad():
-            n = u.numel() // u.shape[1]
-            unbiased = var * (n / (n - 1)) if n > 1 else var
-            if int(self.num_batches_tracked) == 0:
+            if int(self.num_batches_tracked) == 0:  # the estimates start at the first batch
                 self.running_mean.copy_(mu)
                 self.running_var.copy_(unbiased)
             mu_p = self.running_mean.clone()
             sigma_p = (self.running_var + self.eps).sqrt()
-            self.running_mean.lerp_(mu.detach(), self.momentum)
-            self.running_var.lerp_(unbiased.detach(), self.momentum)
-            self.num_batches_tracked += 1
+        self._track(mu, unbiased)
         if not self.gradient:
             return mu_p, sigma_p
         sigma = (var + self.eps).sqrt()
