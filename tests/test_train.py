@@ -96,6 +96,8 @@ def _interrupt_after(steps: int):
 
 def test_run_dir_guards(tmp_path, tiny_fashion):
     cfg = TrainConfig(**{**TINY, "epochs": 1})
+    (tmp_path / "run").mkdir()  # stopped before its first checkpoint: may start again
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.to_dict()))
     train(cfg, tmp_path / "run", data=tiny_fashion, progress=False)
     with pytest.raises(RunDirError, match="not empty"):
         train(cfg, tmp_path / "run", data=tiny_fashion, progress=False)

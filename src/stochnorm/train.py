@@ -25,7 +25,7 @@ from . import data as datasets
 from .bayes import add_noise, elbo_loss_term
 from .checkpoint import save_checkpoint, save_json
 from .config import TrainConfig
-from .errors import RunDirError
+from .errors import RunDirError, StochnormError
 from .evaluation import loss_and_accuracy, nll_loss, predict_probs
 from .initialization import data_dependent_init_
 from .models import AllCNN
@@ -344,6 +344,17 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, run: Ru
         ) from error
 
 
+def _started_only(run: RunDir, cfg: TrainConfig) -> bool:
+    """Whether `run` holds nothing but the config.json of `cfg` (a run stopped before its
+    first checkpoint: starting it again loses nothing)."""
+    if [p.name for p in run.path.iterdir()] != [run.config_path.name]:
+        return False
+    try:
+        return run.config() == cfg
+    except StochnormError:
+        return False
+
+
 def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
     if resume:
         saved = run.config()
@@ -352,7 +363,7 @@ def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
         if not run.checkpoint_path.exists():
             raise RunDirError(f"{run.path}: no checkpoint to resume from; start the run anew")
         return
-    if run.path.exists() and any(run.path.iterdir()):
+    if run.path.exists() and any(run.path.iterdir()) and not _started_only(run, cfg):
         raise RunDirError(
             f"{run.path} is not empty; pass --resume to continue it or choose another --out"
         )
