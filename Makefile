@@ -59,19 +59,22 @@ quick_flags = --norm $(firstword $(subst -, ,$(1))) $(if $(findstring -proj,$(1)
   $(if $(findstring -bayes,$(1)),--noise bayes) \
   $(patsubst f%,--noise-lr-factor %,$(filter f%,$(subst -, ,$(1))))
 
+# $(call train_or_resume,DIR,FLAGS,LR_JSON): continue the run in DIR if it has a checkpoint,
+# else start it with FLAGS at the learning rate LR_JSON's search found.
+train_or_resume = if [ -f $(1)/checkpoint.pt ]; then \
+	  $(BIN)/stochnorm train --out $(1) --resume --no-progress; \
+	else \
+	  $(BIN)/stochnorm train --profile quick $(2) --no-progress --out $(1) \
+	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$(3)'))['lr'])"); \
+	fi
+
 $(QUICK)/lr-find-%.json: | setup data
 	$(BIN)/stochnorm lr-find --profile quick $(call quick_flags,$*) --no-progress --out $@
 
 # A run is always visited: `train --resume` continues an interrupted run and leaves a
 # finished one as it is (file times after a clone say nothing about which runs are done).
 $(QUICK)/%/metrics.json: FORCE | $(QUICK)/lr-find-%.json
-	if [ -f $(QUICK)/$*/checkpoint.pt ]; then \
-	  $(BIN)/stochnorm train --out $(QUICK)/$* --resume --no-progress; \
-	else \
-	  $(BIN)/stochnorm train --profile quick $(call quick_flags,$*) --no-progress \
-	    --out $(QUICK)/$* \
-	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$|'))['lr'])"); \
-	fi
+	$(call train_or_resume,$(QUICK)/$*,$(call quick_flags,$*),$|)
 
 BASELINES := batch none
 results-quick: $(BASELINES:%=$(QUICK)/%/metrics.json)
@@ -109,13 +112,9 @@ screen_flags = $(if $(filter none,$(1)),,--noise bayes \
   $(if $(word 3,$(subst -, ,$(1))),--kl-factor $(patsubst k%,%,$(word 3,$(subst -, ,$(1))))))
 # A case that diverges keeps its run directory (metrics.json says so) and is reported as such.
 $(SCREEN)/%/metrics.json: FORCE | setup data
-	if [ -f $(SCREEN)/$*/checkpoint.pt ]; then \
-	  $(BIN)/stochnorm train --out $(SCREEN)/$* --resume --no-progress; \
-	else \
-	  $(BIN)/stochnorm train --profile quick --norm analytic --project $(call screen_flags,$*) \
-	    --epochs 20 --lr-decay-epochs 10 --no-progress --out $(SCREEN)/$* \
-	    --lr $$($(BIN)/python -c "import json; print(json.load(open('$(QUICK)/lr-find-analytic-proj-bayes.json'))['lr'])"); \
-	fi || grep -q '"diverged": true' $@
+	$(call train_or_resume,$(SCREEN)/$*,--norm analytic --project $(call screen_flags,$*) \
+	  --epochs 20 --lr-decay-epochs 10,$(QUICK)/lr-find-analytic-proj-bayes.json) \
+	  || grep -q '"diverged": true' $@
 
 results-bayes-screen: $(SCREEN_CASES:%=$(SCREEN)/%/metrics.json)
 	for case in $(SCREEN_CASES); do \

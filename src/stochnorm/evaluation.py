@@ -166,8 +166,8 @@ def evaluate_run(
     under Gaussian input noise and FGSM on the first `robustness_size` test images."""
     from pathlib import Path
 
-    from .bayes import noise_modules
     from .checkpoint import save_json
+    from .noise import noise_modules
     from .plots import plot_error_coverage, plot_robustness
     from .provenance import provenance
     from .runs import RunDir
