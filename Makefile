@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint data setup clean results-quick results-fig3 results-table1 \
-  results-reproduce results-bayes-screen FORCE
+  results-reproduce results-bayes-screen results-long FORCE
 .SECONDARY:
 
 demo: setup data
@@ -105,7 +105,8 @@ results-table1: $(TABLE1:%=$(QUICK)/%/evaluation.json)
 # run. Case sS-fF[-kK]: learned noise from sigma_S = S, its parameters stepping at F x the
 # rate[, KL term weighted by K]; case none: no noise (the reference).
 SCREEN := $(QUICK)/bayes-screen
-SCREEN_CASES := none s0.1-f1 s0.3-f1 s0.1-f30 s0.3-f30 s0.1-f100
+SCREEN_CASES := none s0.1-f1 s0.3-f1 s0.1-f30 s0.3-f30 s0.1-f100 s0.03-f30 s0.1-f30-k0 \
+  s0.1-f30-k10 s0.1-f30-k100
 screen_flags = $(if $(filter none,$(1)),,--noise bayes \
   --sigma-s $(patsubst s%,%,$(word 1,$(subst -, ,$(1)))) \
   --noise-lr-factor $(patsubst f%,%,$(word 2,$(subst -, ,$(1)))) \
@@ -123,6 +124,21 @@ results-bayes-screen: $(SCREEN_CASES:%=$(SCREEN)/%/metrics.json)
 	done
 	$(BIN)/stochnorm report $(SCREEN_CASES:%=$(SCREEN)/%) --out $(SCREEN) \
 	  --title "Learned scale noise: initial sigma_S and its step size (20 quick epochs)"
+
+# Schedule length: batch norm + projection against analytic norm + projection + learned
+# noise (30x) at twice the quick schedule (120 epochs, rate falling to 0.1x per 60), each at
+# the rate its quick search found.
+LONG := $(QUICK)/long
+LONG_CASES := batch-proj analytic-proj-bayes-f30
+$(LONG)/%/metrics.json: FORCE | $(QUICK)/lr-find-%.json
+	$(call train_or_resume,$(LONG)/$*,$(call quick_flags,$*) --epochs 120 --lr-decay-epochs 60,$|)
+
+$(LONG)/%/evaluation.json: $(LONG)/%/metrics.json
+	$(BIN)/stochnorm evaluate $(LONG)/$* --samples 10 30
+
+results-long: $(LONG_CASES:%=$(LONG)/%/evaluation.json)
+	$(BIN)/stochnorm report $(LONG_CASES:%=$(LONG)/%) --out $(LONG) \
+	  --title "Quick data and width, 120 epochs: batch norm + projection vs analytic norm + projection + Bayes"
 
 # Every experiment of `stochnorm reproduce` at the quick profile, reusing the runs above,
 # then the claims-vs-measurements report.

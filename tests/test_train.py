@@ -123,6 +123,37 @@ def test_divergence_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, t
     assert math.isfinite(m["final"]["test"]["nll"])  # evaluated with the last good weights
     saved = RunDir(tmp_path / "run").checkpoint()
     assert len(saved["history"]) == 1
+    assert m["divergence"] == "epoch 2: non-finite training loss"
+    # the epoch ends at its first non-finite step (256 images, batch 32: 8 steps an epoch)
+    assert steps["n"] == 9
+
+
+def test_a_finite_loss_far_above_chance_counts_as_divergence(tmp_path, tiny_fashion):
+    from stochnorm.norms import normalizations
+    from stochnorm.train import divergence
+
+    limit = 100 * math.log(10)
+    assert divergence(2.0, 2.0, 10) is None
+    assert divergence(limit * 0.99, math.inf, 10) == "non-finite training loss"
+    assert divergence(limit * 1.01, 1.0, 10).startswith("training loss")
+
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    steps = {"n": 0}
+
+    def huge_logits_in_second_epoch(model):
+        # from the 9th step on, the last scale makes the logits ~1e5: NLL large but finite
+        steps["n"] += 1
+        if steps["n"] > 8:
+            with torch.no_grad():
+                normalizations(model)[-1].weight.fill_(1e5)
+
+    result = train(cfg, tmp_path / "run", data=tiny_fashion, progress=False,
+                   after_step=[huge_logits_in_second_epoch])  # fmt: skip
+    m = result.metrics
+    assert m["diverged"] and not m["complete"] and len(m["history"]) == 1
+    assert m["divergence"].startswith("epoch 2: training loss")
+    assert m["final"]["test"]["nll"] < 3  # evaluated with the first epoch's weights
+    assert len(RunDir(tmp_path / "run").checkpoint()["history"]) == 1
 
 
 def test_extension_points_are_called(tiny_fashion):

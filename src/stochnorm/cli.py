@@ -159,8 +159,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
-    status = "diverged" if metrics["diverged"] else "done"
-    print(f"{status}: {out}")
+    if metrics["diverged"]:
+        reason = f" ({metrics['divergence']})" if metrics.get("divergence") else ""
+        kept = "the last good epoch is kept" if metrics.get("history") else "no epoch finished"
+        print(f"diverged{reason}; {kept}: {out}")
+    else:
+        print(f"done: {out}")
     for split, m in metrics.get("final", {}).items():
         print(
             f"  {split}: accuracy {100 * m['accuracy']:.2f}%  NLL {m['nll']:.4f}  "

@@ -37,6 +37,22 @@ from .runs import RunDir
 AfterStep = Callable[[nn.Module], None]
 LossTerm = Callable[[nn.Module], Tensor]
 
+# An epoch whose mean training loss exceeds this many times the loss of a uniform guess,
+# ln(classes), has diverged even while it stays finite (analytic norm at too large a rate
+# reaches 1e4-1e9 and does not come back): the run stops there like a non-finite one.
+DIVERGED_LOSS_FACTOR = 100.0
+
+
+def divergence(train_loss: float, objective: float, num_classes: int) -> str | None:
+    """Why an epoch with these mean training loss and objective counts as diverged, or
+    None: a non-finite value, or a loss above DIVERGED_LOSS_FACTOR * ln(num_classes)."""
+    if not (math.isfinite(train_loss) and math.isfinite(objective)):
+        return "non-finite training loss"
+    limit = DIVERGED_LOSS_FACTOR * math.log(num_classes)
+    if train_loss > limit:
+        return f"training loss {train_loss:.4g} above {limit:.4g} (100 x ln(classes))"
+    return None
+
 
 @dataclass
 class TrainResult:
@@ -154,8 +170,9 @@ def train(
     With `out`, the run directory receives config.json, a checkpoint after every epoch,
     metrics.json and curves.png; `resume=True` continues the run found there. Without
     `out` nothing is written (as in a learning-rate search). A run whose loss becomes
-    non-finite stops at the end of that epoch with `"diverged": true`; the checkpoint of
-    the last good epoch is kept. `evaluate=False` skips the per-epoch and final
+    non-finite stops at that step, one whose epoch loss exceeds 100 x ln(classes) at the
+    end of that epoch (`divergence`), with `"diverged": true` and the reason in
+    `"divergence"`; the checkpoint of the last good epoch is kept. `evaluate=False` skips the per-epoch and final
     evaluations (only the training loss is recorded).
     """
     device = resolve_device(device)
@@ -183,7 +200,7 @@ def train(
         _load_optimizer_state(optimizer, state["optimizer"], run)
     result = {"config": cfg.to_dict(), "provenance": provenance(device), "data": _describe(data)}
 
-    diverged = False
+    diverged, reason = False, None
     bar = tqdm(
         range(len(history), cfg.epochs), initial=len(history), total=cfg.epochs,
         desc=f"{cfg.norm} w={cfg.width:.3g}", unit="epoch", disable=not progress,
@@ -199,7 +216,8 @@ def train(
             model, optimizer, data, cfg, generator, device, after_step=after_step,
             loss_terms=loss_terms,
         )  # fmt: skip
-        if not (math.isfinite(train_loss) and math.isfinite(objective)):
+        reason = divergence(train_loss, objective, data.num_classes)
+        if reason is not None:
             diverged = True
             break
         row = {"epoch": epoch + 1, "lr": cfg.lr_at(epoch), "train_loss": train_loss}
@@ -217,6 +235,8 @@ def train(
     bar.close()
 
     result.update(history=history, diverged=diverged, complete=not diverged)
+    if diverged:
+        result["divergence"] = f"epoch {len(history) + 1}: {reason}"
     usable = not diverged
     if diverged and run is not None and run.checkpoint_path.exists():
         model.load_state_dict(run.checkpoint()["model"])  # the last good epoch
@@ -246,7 +266,8 @@ def train_epoch(
 ) -> tuple[float, float]:
     """One pass over the shuffled training split in train mode. Returns the mean training
     loss (NLL of the training batch, the extra normalization samples excluded) and the mean
-    objective (the loss plus the extra loss terms)."""
+    objective (the loss plus the extra loss terms). A non-finite objective ends the epoch
+    before its step (the parameters stay finite) and makes both means non-finite."""
     model.train()
     fill = data.fill
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -263,6 +284,8 @@ def train_epoch(
         objective = loss
         for term in loss_terms:
             objective = objective + term(model)
+        if not torch.isfinite(objective):
+            return math.nan, math.nan
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
