@@ -19,28 +19,36 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _curve_panels(row, histories: Mapping[str, Sequence[Mapping[str, float]]],
+                  prefix: str = "") -> None:  # fmt: skip
+    """Draw on three axes: training loss (train mode solid, eval mode on a fixed training
+    subset dashed, log scale), validation loss and validation accuracy against epochs, one
+    colour per run; `prefix` starts each title."""
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = [r["epoch"] for r in history]
+        row[0].plot(epochs, [r["train_loss"] for r in history], color=colour, label=name)
+        if history and "train_eval_loss" in history[0]:
+            row[0].plot(
+                epochs, [r["train_eval_loss"] for r in history], color=colour, ls="--",
+                label=f"{name} (eval mode)",
+            )  # fmt: skip
+        row[1].plot(epochs, [r["val_loss"] for r in history], color=colour, label=name)
+        row[2].plot(epochs, [100 * r["val_acc"] for r in history], color=colour, label=name)
+    row[0].set(title=f"{prefix}training loss", xlabel="epoch", yscale="log")
+    row[1].set(title=f"{prefix}validation loss (NLL)", xlabel="epoch")
+    row[2].set(title=f"{prefix}validation accuracy, %", xlabel="epoch")
+    for ax in row:
+        ax.grid(alpha=0.3)
+    row[0].legend(fontsize=7)
+    row[2].legend(fontsize=7, loc="lower right")
+
+
 def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
     """Training loss (train mode, solid; eval mode on a fixed training subset, dashed),
     validation loss and validation accuracy against epochs, one colour per run."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for i, (name, history) in enumerate(histories.items()):
-        colour = f"C{i}"
-        epochs = [r["epoch"] for r in history]
-        axes[0].plot(epochs, [r["train_loss"] for r in history], color=colour, label=name)
-        if history and "train_eval_loss" in history[0]:
-            axes[0].plot(
-                epochs, [r["train_eval_loss"] for r in history], color=colour, ls="--",
-                label=f"{name} (eval mode)",
-            )  # fmt: skip
-        axes[1].plot(epochs, [r["val_loss"] for r in history], color=colour, label=name)
-        axes[2].plot(epochs, [100 * r["val_acc"] for r in history], color=colour, label=name)
-    axes[0].set(title="training loss", xlabel="epoch", yscale="log")
-    axes[1].set(title="validation loss (NLL)", xlabel="epoch")
-    axes[2].set(title="validation accuracy, %", xlabel="epoch")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=7, loc="lower right")
+    _curve_panels(axes, histories)
     return _save(fig, path)
 
 
@@ -155,24 +163,7 @@ def plot_curve_rows(
     scale), validation loss and validation accuracy against epochs, one colour per run."""
     fig, axes = plt.subplots(len(groups), 3, figsize=(13, 3.6 * len(groups)), squeeze=False)
     for row, (group, histories) in zip(axes, groups.items(), strict=True):
-        for i, (name, history) in enumerate(histories.items()):
-            colour = f"C{i}"
-            epochs = [r["epoch"] for r in history]
-            row[0].plot(epochs, [r["train_loss"] for r in history], color=colour, label=name)
-            if history and "train_eval_loss" in history[0]:
-                row[0].plot(
-                    epochs, [r["train_eval_loss"] for r in history], color=colour, ls="--",
-                    label=f"{name} (eval mode)",
-                )  # fmt: skip
-            row[1].plot(epochs, [r["val_loss"] for r in history], color=colour, label=name)
-            row[2].plot(epochs, [100 * r["val_acc"] for r in history], color=colour, label=name)
-        row[0].set(title=f"{group}: training loss", xlabel="epoch", yscale="log")
-        row[1].set(title=f"{group}: validation loss (NLL)", xlabel="epoch")
-        row[2].set(title=f"{group}: validation accuracy, %", xlabel="epoch")
-        for ax in row:
-            ax.grid(alpha=0.3)
-        row[0].legend(fontsize=7)
-        row[2].legend(fontsize=7, loc="lower right")
+        _curve_panels(row, histories, prefix=f"{group}: ")
     return _save(fig, path)
 
 
