@@ -106,7 +106,7 @@ results-table1: $(TABLE1:%=$(QUICK)/%/evaluation.json)
 # rate[, KL term weighted by K]; case none: no noise (the reference).
 SCREEN := $(QUICK)/bayes-screen
 SCREEN_CASES := none s0.1-f1 s0.3-f1 s0.1-f30 s0.3-f30 s0.1-f100 s0.03-f30 s0.1-f30-k0 \
-  s0.1-f30-k10 s0.1-f30-k100
+  s0.1-f30-k10 s0.1-f30-k100 s0.03-f10
 screen_flags = $(if $(filter none,$(1)),,--noise bayes \
   --sigma-s $(patsubst s%,%,$(word 1,$(subst -, ,$(1)))) \
   --noise-lr-factor $(patsubst f%,%,$(word 2,$(subst -, ,$(1)))) \

@@ -6,16 +6,18 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from stochnorm import AllCNN
-from stochnorm.bayes import add_noise, elbo_loss_term, kl_divergence, predict, sampling
-from stochnorm.noise import (
+from stochnorm import (
+    AllCNN,
     BNLikeNoise,
     ScaleNoise,
+    add_noise,
     bn_noise_model,
-    kl_normal,
-    sigma_from_u,
-    u_from_sigma,
-)  # fmt: skip
+    elbo_loss_term,
+    kl_divergence,
+    predict,
+    sampling,
+)  # the public API, as users import it
+from stochnorm.noise import kl_normal, sigma_from_u, u_from_sigma
 from stochnorm.norms import normalizations
 
 

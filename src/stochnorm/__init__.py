@@ -8,6 +8,10 @@ The public API:
 - `convert(model, norm)`: swap every batch norm of any model for another normalization;
   `fold(model)`: fold normalizations into the layers for inference.
 - `project_(model)`: scale-invariant weights onto ||w|| = 1 (section 2).
+- Noise after the normalizations (section 3): `add_noise(model, "bn-like" | "bayes")`
+  (`BNLikeNoise`, `ScaleNoise`), `kl_divergence(model)`, `elbo_loss_term`, `with
+  sampling(model):` (noise on in an eval model), `predict(model, x, samples=K)` (the MC
+  average of probabilities), `bn_noise_model` (the paper's model of BN's randomness).
 - `moments`: closed-form mean/variance rules; `analytic`: their propagation over a model.
 - `AllCNN`, `data_dependent_init_`: All-CNN-C and the initialization of appendix A.1.
 - `TrainConfig`, `train`, `lr_find`, `load_run`: the one training loop and its lr search.
@@ -16,12 +20,14 @@ The public API:
 """
 
 from . import analytic, data, metrics, moments
+from .bayes import add_noise, elbo_loss_term, kl_divergence, predict, sampling
 from .config import PROFILES, TrainConfig
 from .convert import convert, fold
 from .errors import ConfigError, DataError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
 from .lr_search import lr_find
 from .models import AllCNN
+from .noise import BNLikeNoise, ScaleNoise, bn_noise_model
 from .norms import (
     AnalyticNorm,
     BatchNorm,
@@ -37,9 +43,10 @@ from .train import TrainResult, load_run, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "PROFILES", "AllCNN", "AnalyticNorm", "BatchNorm", "ConfigError", "DataError", "Norm",
-    "PopulationNorm", "RunDirError", "StochnormError", "TrainConfig", "TrainResult",
-    "WeightNorm", "analytic", "convert", "data", "data_dependent_init_", "fold",
-    "gamma_decay", "load_run", "lr_find", "make_norm", "metrics", "moments", "project_",
-    "train",
+    "PROFILES", "AllCNN", "AnalyticNorm", "BNLikeNoise", "BatchNorm", "ConfigError",
+    "DataError", "Norm", "PopulationNorm", "RunDirError", "ScaleNoise", "StochnormError",
+    "TrainConfig", "TrainResult", "WeightNorm", "add_noise", "analytic", "bn_noise_model",
+    "convert", "data", "data_dependent_init_", "elbo_loss_term", "fold", "gamma_decay",
+    "kl_divergence", "load_run", "lr_find", "make_norm", "metrics", "moments", "predict",
+    "project_", "sampling", "train",
 ]  # fmt: skip
