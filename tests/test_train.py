@@ -128,6 +128,17 @@ def test_divergence_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, t
     assert steps["n"] == 9
 
 
+def test_a_run_that_diverged_at_once_is_named_as_such(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 2})
+    result = train(cfg, tmp_path / "run", data=tiny_fashion, progress=False,
+                   loss_terms=[lambda model: torch.tensor(math.nan)])  # fmt: skip
+    assert result.metrics["diverged"] and result.metrics["history"] == []
+    assert "final" not in result.metrics
+    for resume in (False, True):
+        with pytest.raises(RunDirError, match="diverged before its first checkpoint"):
+            train(cfg, tmp_path / "run", data=tiny_fashion, resume=resume, progress=False)
+
+
 def test_a_finite_loss_far_above_chance_counts_as_divergence(tmp_path, tiny_fashion):
     from stochnorm.norms import normalizations
     from stochnorm.train import divergence

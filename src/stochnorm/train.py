@@ -378,7 +378,27 @@ def _started_only(run: RunDir, cfg: TrainConfig) -> bool:
         return False
 
 
+def _diverged_at_once(run: RunDir) -> str | None:
+    """The reason a run in `run` diverged before its first checkpoint, or None if it did
+    not (or there is no such run)."""
+    if run.checkpoint_path.exists() or not run.metrics_path.is_file():
+        return None
+    try:
+        saved = run.metrics()
+    except (StochnormError, ValueError):
+        return None
+    if not saved.get("diverged") or saved.get("history"):
+        return None
+    return saved.get("divergence", "non-finite training loss")
+
+
 def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
+    at_once = _diverged_at_once(run) if run.path.is_dir() else None
+    if at_once is not None:
+        raise RunDirError(
+            f"{run.path} holds a run that diverged before its first checkpoint ({at_once}); "
+            "there is nothing to resume: choose another --out, or remove it to start anew"
+        )
     if resume:
         saved = run.config()
         if saved != cfg:
