@@ -50,7 +50,10 @@ def divergence(train_loss: float, objective: float, num_classes: int) -> str | N
         return "non-finite training loss"
     limit = DIVERGED_LOSS_FACTOR * math.log(num_classes)
     if train_loss > limit:
-        return f"training loss {train_loss:.4g} above {limit:.4g} (100 x ln(classes))"
+        return (
+            f"training loss {train_loss:.4g} above {limit:.4g} "
+            f"({DIVERGED_LOSS_FACTOR:g} x ln(classes))"
+        )
     return None
 
 
@@ -172,8 +175,8 @@ def train(
     `out` nothing is written (as in a learning-rate search). A run whose loss becomes
     non-finite stops at that step, one whose epoch loss exceeds 100 x ln(classes) at the
     end of that epoch (`divergence`), with `"diverged": true` and the reason in
-    `"divergence"`; the checkpoint of the last good epoch is kept. `evaluate=False` skips the per-epoch and final
-    evaluations (only the training loss is recorded).
+    `"divergence"`; the checkpoint of the last good epoch is kept. `evaluate=False` skips
+    the per-epoch and final evaluations (only the training loss is recorded).
     """
     device = resolve_device(device)
     run = RunDir(out) if out is not None else None

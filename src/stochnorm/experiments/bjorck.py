@@ -93,9 +93,10 @@ SPREAD_EPOCHS = 3  # the iterate spread of a short run: its last three epochs
 def rate_summary(run: RunDir) -> dict[str, Any]:
     """What the learning-rate study keeps of one short run: the rate, whether it diverged
     (a non-finite loss, or one above 100 x ln(classes): `train.divergence`), the final
-    training loss and validation accuracy (None after a divergence), the spread of the validation accuracy over the last epochs, and
-    `stable`: no divergence and a final training loss below ln(classes), the loss of a
-    uniform prediction (the network learned something and its loss did not blow up)."""
+    training loss and validation accuracy (None after a divergence), the spread of the
+    validation accuracy over the last epochs, and `stable`: no divergence and a final
+    training loss below ln(classes), the loss of a uniform prediction (the network learned
+    something and its loss did not blow up)."""
     metrics = run.metrics()
     history = metrics.get("history", [])
     diverged = bool(metrics.get("diverged", False))
