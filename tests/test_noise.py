@@ -17,6 +17,7 @@ from stochnorm import (
     predict,
     sampling,
 )  # the public API, as users import it
+from stochnorm.bayes import predict_running
 from stochnorm.noise import kl_normal, sigma_from_u, u_from_sigma
 from stochnorm.norms import normalizations
 
@@ -161,6 +162,31 @@ def test_bayes_model_kl_sampling_and_predict():
     with sampling(model, g):
         manual = torch.stack([torch.softmax(model(x), 1) for _ in range(30)]).mean(0)
     assert torch.allclose(probs, manual, atol=1e-6)
+
+
+def test_running_mc_averages_share_one_sequence_of_passes():
+    torch.manual_seed(5)
+    model = AllCNN(1, 10, width=0.1, norm="weight").eval()
+    add_noise(model, "bayes", sigma_s=0.3)
+    x = torch.randn(9, 1, 28, 28)
+    out = predict_running(model, x, (0, 3, 7), generator=torch.Generator().manual_seed(2),
+                          batch_size=4)  # fmt: skip
+    assert torch.equal(out[0], predict(model, x, samples=0))
+    same = predict(model, x, samples=7, generator=torch.Generator().manual_seed(2), batch_size=4)
+    assert torch.equal(out[7], same)
+    # MC-3: the first 3 of the 7 draws of each batch, drawn batch after batch
+    g = torch.Generator().manual_seed(2)
+    expected = []
+    for xb in x.split(4):
+        with sampling(model, g):
+            draws = torch.stack([torch.softmax(model(xb), 1) for _ in range(7)])
+        expected.append(draws[:3].mean(0))
+    assert torch.allclose(out[3], torch.cat(expected), atol=1e-6)
+    assert not torch.allclose(out[3], out[7])
+    # without noise every count is the single pass
+    plain = AllCNN(1, 10, width=0.1, norm="weight").eval()
+    runs = predict_running(plain, x, (1, 5))
+    assert torch.equal(runs[1], runs[5])
 
 
 def test_gradients_reach_sigma_and_kl_pushes_it_up():

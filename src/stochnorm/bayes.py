@@ -6,7 +6,8 @@
 - `elbo_loss_term(kl_factor, dataset_size)`: the term `kl_factor * KL / |D|` that the
   training loop adds to the mean NLL of the batch (eq. 11 divided by |D|).
 - `sampling(model)`: noise on in an eval-mode model (frozen statistics).
-- `predict(model, x, samples=K)`: the MC average of the predicted probabilities (eq. 10).
+- `predict(model, x, samples=K)`: the MC average of the predicted probabilities (eq. 10);
+  `predict_running` gives several K from one sequence of sampled passes.
 """
 
 from __future__ import annotations
@@ -103,7 +104,6 @@ def sampling(model: nn.Module, generator: torch.Generator | None = None) -> Iter
             m.sampling, m.generator = flag, gen
 
 
-@torch.no_grad()
 def predict(
     model: nn.Module,
     x: Tensor,
@@ -115,26 +115,48 @@ def predict(
     """Class probabilities [N, C] for inputs x [N, ...] from the eval-mode model.
 
     `samples` <= 1: one pass with mean parameters. `samples` = K > 1: the average of the
-    probabilities of K passes with noise sampled (eq. 10); the K samples are kept in an
-    explicit dimension [K, N, C] before averaging. The model may output logits or
+    probabilities of K passes with noise sampled (eq. 10). The model may output logits or
     log-probabilities (softmax maps both to the same probabilities).
     """
-    if not noise_modules(model):
-        samples = 0  # nothing is random: every sample would be the single pass
+    return predict_running(model, x, (samples,), generator=generator, batch_size=batch_size)[
+        samples
+    ]
+
+
+@torch.no_grad()
+def predict_running(
+    model: nn.Module,
+    x: Tensor,
+    counts: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int = 500,
+) -> dict[int, Tensor]:
+    """`predict` for several sample counts at once: {K: probabilities [N, C]} for every K in
+    `counts`, where MC-K averages the first K of one sequence of max(counts) sampled passes
+    per batch (the draws [K, N, C] are kept in an explicit dimension before averaging).
+    Costs the passes of the largest count only; K <= 1 is the single pass, and so is every
+    K for a model without noise (nothing is random)."""
+    counts = list(dict.fromkeys(counts))
+    noisy = bool(noise_modules(model))
+    draws_needed = max((k for k in counts if k > 1), default=0) if noisy else 0
     was_training = model.training
     model.eval()
     try:
-        chunks = []
+        chunks: dict[int, list[Tensor]] = {k: [] for k in counts}
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
-            if samples <= 1:
-                chunks.append(torch.softmax(model(xb).float(), dim=1))
-                continue
-            with sampling(model, generator):
-                draws = torch.stack(
-                    [torch.softmax(model(xb).float(), dim=1) for _ in range(samples)]
-                )
-            chunks.append(draws.mean(0))
-        return torch.cat(chunks)
+            single = None
+            if draws_needed == 0 or any(k <= 1 for k in counts):
+                single = torch.softmax(model(xb).float(), dim=1)
+            if draws_needed:
+                with sampling(model, generator):
+                    draws = torch.stack(
+                        [torch.softmax(model(xb).float(), dim=1) for _ in range(draws_needed)]
+                    )
+            for k in counts:
+                mc = k > 1 and draws_needed
+                chunks[k].append(draws[:k].mean(0) if mc else single)
+        return {k: torch.cat(parts) for k, parts in chunks.items()}
     finally:
         model.train(was_training)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import metrics
-from .bayes import predict
+from .bayes import predict, predict_running
 from .data import Split
 
 
@@ -39,14 +39,16 @@ def uncertainty_report(
     """Per prediction mode ("single" and "mc{K}" for each K in `samples`): accuracy, NLL,
     ECE, Brier, and the error-vs-coverage curves rejecting by predictive entropy and by
     max probability with their AURC (main paper Table 1 and Fig. A.3). Curves are kept at
-    `points` coverages k / points."""
+    `points` coverages k / points. The MC averages share one sequence of sampled passes
+    (`predict_running`): MC-10 averages the first 10 of MC-30's passes."""
     modes = {"single": 0, **{f"mc{k}": k for k in samples if k > 1}}
+    g = torch.Generator(device=device).manual_seed(seed)
+    predicted = predict_running(
+        model, data.x.to(device), list(modes.values()), generator=g, batch_size=batch_size
+    )
     report = {}
     for name, k in modes.items():
-        g = torch.Generator(device=device).manual_seed(seed) if k else None
-        probs = predict_probs(
-            model, data, samples=k, batch_size=batch_size, device=device, generator=g
-        )
+        probs = predicted[k].cpu()
         entry = metrics.summary(probs, data.y)
         for score in ("entropy", "max-prob"):
             coverage, error = metrics.error_coverage(probs, data.y, score)
