@@ -203,7 +203,7 @@ def train(
         _load_optimizer_state(optimizer, state["optimizer"], run)
     result = {"config": cfg.to_dict(), "provenance": provenance(device), "data": _describe(data)}
 
-    diverged, reason = False, None
+    reason = None  # why the run diverged, if it did
     bar = tqdm(
         range(len(history), cfg.epochs), initial=len(history), total=cfg.epochs,
         desc=f"{cfg.norm} w={cfg.width:.3g}", unit="epoch", disable=not progress,
@@ -221,7 +221,6 @@ def train(
         )  # fmt: skip
         reason = divergence(train_loss, objective, data.num_classes)
         if reason is not None:
-            diverged = True
             break
         row = {"epoch": epoch + 1, "lr": cfg.lr_at(epoch), "train_loss": train_loss}
         if loss_terms:
@@ -237,6 +236,7 @@ def train(
             save_json({**result, "history": history, "complete": False}, run.metrics_path)
     bar.close()
 
+    diverged = reason is not None
     result.update(history=history, diverged=diverged, complete=not diverged)
     if diverged:
         result["divergence"] = f"epoch {len(history) + 1}: {reason}"
@@ -396,7 +396,7 @@ def _diverged_at_once(run: RunDir) -> str | None:
 
 
 def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
-    at_once = _diverged_at_once(run) if run.path.is_dir() else None
+    at_once = _diverged_at_once(run)
     if at_once is not None:
         raise RunDirError(
             f"{run.path} holds a run that diverged before its first checkpoint ({at_once}); "
