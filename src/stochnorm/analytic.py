@@ -47,12 +47,12 @@ def _window_out(size, kernel, stride, padding, dilation=1, ceil_mode=False) -> t
 class MomentPropagation:
     """A forward pre-hook that propagates input moments through `model` in training mode.
 
-    `input_mean`, `input_var`: per-channel moments of the (standardized, augmented) training
-    inputs, [C] or scalars. `input_patches`: optionally the mean [D] and covariance [D, D]
-    of the input patches seen by the first conv (see `patch_moments`); its output moments
-    are then exact instead of assuming independent inputs. `pool_correlation`: "full" (pooled values perfectly correlated:
-    the variance is unchanged by average pooling, our default) or "none" (independent: the
-    variance is divided by the window size).
+    `input_mean`, `input_var`: per-channel moments of the (standardized, augmented) training inputs,
+    [C] or scalars. `input_patches`: optionally the mean [D] and covariance [D, D] of the input
+    patches seen by the first conv (see `patch_moments`); its output moments are then exact instead
+    of assuming independent inputs. `pool_correlation`: "full" (pooled values perfectly correlated:
+    the variance is unchanged by average pooling, our default) or "none" (independent: the variance
+    is divided by the window size).
     """
 
     def __init__(

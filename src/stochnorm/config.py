@@ -18,24 +18,24 @@ from .norms import Norm
 class TrainConfig:
     """Everything that determines a training run (main paper, appendix A.1 protocol).
 
-    The learning rate in epoch k (from 0) is `lr * gamma**k`, with gamma such that the rate
-    has fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200).
-    `project` keeps every scale-invariant weight at unit norm per output channel after each
-    step (section 2). `gamma_decay` adds `gamma_decay * sum of s^2` over all normalization
-    scales to the loss (Luo et al.); `population_gradient`: population norm differentiates
-    its statistics through the batch's (see `norms.PopulationNorm`). `exact_first_layer`: analytic norm computes the moments
-    of the first conv's output from the measured covariance of its input patches instead of
-    assuming independent pixels. `noise`: None, "bn-like" (fixed noise of std `sigma_v`
-    (additive) and `sigma_u` (multiplicative) after every normalization; a value for all
-    layers or one per layer) or "bayes" (learned
-    scale noise starting at `sigma_s`, one per channel or per layer, trained on the ELBO
-    with the KL term weighted by `kl_factor`; the noise parameters step at
-    `noise_lr_factor` times the learning rate, without weight decay). `data_init` applies the data-dependent initialization of appendix A.1
-    to the plain network and to weight norm. `norm_batch` is the number of samples the normalization statistics are computed over:
-    the training batch plus `norm_batch - batch_size` other random training samples in the
-    same forward pass, the loss taken on the training batch only (paper Fig. 2); None means
-    the training batch alone. `eval_size` keeps only the first images of the validation and
-    test sets (None: the whole sets, as the paper's protocol; a number only for smoke tests).
+    The learning rate in epoch k (from 0) is `lr * gamma**k`, with gamma such that the rate has
+    fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200). `project` keeps
+    every scale-invariant weight at unit norm per output channel after each step (section 2).
+    `gamma_decay` adds `gamma_decay * sum of s^2` over all normalization scales to the loss (Luo et
+    al.); `population_gradient`: population norm differentiates its statistics through the batch's
+    (see `norms.PopulationNorm`). `exact_first_layer`: analytic norm computes the moments of the
+    first conv's output from the measured covariance of its input patches instead of assuming
+    independent pixels. `noise`: None, "bn-like" (fixed noise of std `sigma_v` (additive) and
+    `sigma_u` (multiplicative) after every normalization; a value for all layers or one per layer)
+    or "bayes" (learned scale noise starting at `sigma_s`, one per channel or per layer, trained on
+    the ELBO with the KL term weighted by `kl_factor`; the noise parameters step at
+    `noise_lr_factor` times the learning rate, without weight decay). `data_init` applies the
+    data-dependent initialization of appendix A.1 to the plain network and to weight norm.
+    `norm_batch` is the number of samples the normalization statistics are computed over: the
+    training batch plus `norm_batch - batch_size` other random training samples in the same forward
+    pass, the loss taken on the training batch only (paper Fig. 2); None means the training batch
+    alone. `eval_size` keeps only the first images of the validation and test sets (None: the whole
+    sets, as the paper's protocol; a number only for smoke tests).
     """
 
     dataset: str = Dataset.FASHION_MNIST.value

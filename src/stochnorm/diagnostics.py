@@ -487,12 +487,12 @@ def independence_error(
     """How much of the variance of each normalized conv/linear output the independence
     assumption of the moment rules misses, given the true input moments.
 
-    For every normalization bound to a layer, the layer's input patches over `x` (what the
-    conv multiplies with its weights, zero padding included; about `max_rows` of them,
-    drawn at random from every batch in proportion) have the covariance Sigma; the output variance of channel o is
+    For every normalization bound to a layer, the layer's input patches over `x` (what the conv
+    multiplies with its weights, zero padding included; about `max_rows` of them, drawn at random
+    from every batch in proportion) have the covariance Sigma; the output variance of channel o is
     w_o^T Sigma w_o. Per layer, the mean over channels of sqrt(w^T D w / w^T Sigma w) for D =
-    diag(Sigma) ("independent": what the conv rule assumes), Sigma restricted to pairs in
-    the same input channel ("spatial": spatial correlations only), and to pairs at the same
+    diag(Sigma) ("independent": what the conv rule assumes), Sigma restricted to pairs in the same
+    input channel ("spatial": spatial correlations only), and to pairs at the same
     kernel offset ("channel": cross-channel correlations only). 1 means the assumption
     costs nothing; below 1 the rule underestimates the std.
     """

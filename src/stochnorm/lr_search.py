@@ -35,8 +35,9 @@ def lr_find(
     `refine` more trials, each halving (in log scale) the larger side of the bracket.
 
     The score of a trial is the mean training loss of its last epoch, +inf if it diverged.
-    `on_trial(lr, loss)` is called after each trial. Returns the best `lr`, every trial, and `at_edge` = True when the best rate lies at an
-    end of the range (then the range should be widened).
+    `on_trial(lr, loss)` is called after each trial. Returns the best `lr`, every trial, and
+    `at_edge` = True when the best rate lies at an end of the range (then the range should be
+    widened).
     """
     if not 0 < lr_min < lr_max:
         raise ConfigError(f"need 0 < lr_min < lr_max, got {lr_min} and {lr_max}")
