@@ -80,6 +80,14 @@ def test_verdicts_compare_the_margin_with_the_noise():
     assert combine([hold, hold]).status == HOLDS
     assert combine([hold, unsure]).status == INCONCLUSIVE
     assert combine([unsure, fail]).status == FAILS
+    # a combined verdict keeps its parts, flattened, for the report to list one by one
+    nested = combine([hold, combine([fail, unsure])])
+    assert [v.summary for v in nested.leaves()] == ["a", "b", "c"]
+    assert nested.to_dict()["parts"] == [
+        {"status": HOLDS, "summary": "a"}, {"status": FAILS, "summary": "b"},
+        {"status": INCONCLUSIVE, "summary": "c"},
+    ]  # fmt: skip
+    assert "parts" not in hold.to_dict()
 
 
 def test_reproduction_report_lists_every_result(shared_out, tmp_path):
@@ -91,7 +99,8 @@ def test_reproduction_report_lists_every_result(shared_out, tmp_path):
     for path in results:
         record = json.loads(path.read_text())
         assert f"## {record['experiment']} (demo)" in text
-        assert record["verdict"]["summary"] in text
+        for part in record["verdict"].get("parts", [record["verdict"]]):
+            assert f"- {part['status']}: {part['summary']}" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) == sum(len(json.loads(p.read_text())["figures"]) for p in results)
     assert all((out.parent / link).is_file() for link in links)
@@ -103,6 +112,22 @@ def test_reproduction_report_lists_every_result(shared_out, tmp_path):
     finally:
         (tmp_path / "kept.json").rename(shared_out / "fig1-bn-generalization" / "result.json")
     assert "| fig1-bn-generalization | main | Fig. 1 | - | not run yet |" in out.read_text()
+
+
+def test_reproduction_report_names_only_the_failing_parts_of_a_claim(shared_out, tmp_path):
+    record = json.loads((shared_out / "fig1-bn-generalization" / "result.json").read_text())
+    record["verdict"] = combine(
+        [compare(1, 0, "gap as claimed"), compare(-1, 0, "acc lower")]
+    ).to_dict()
+    (tmp_path / "fig1").mkdir()
+    (tmp_path / "fig1" / "result.json").write_text(json.dumps(record))
+    out = tmp_path / "REPRODUCTION.md"
+    assert main(["report", "--reproduction", str(tmp_path / "fig1"), "--out", str(out)]) == 0
+    text = out.read_text()
+    disagreements = text.split("## Where our measurement disagrees with the paper")[1]
+    disagreements = disagreements.split("## fig1")[0]
+    assert "acc lower" in disagreements and "gap as claimed" not in disagreements
+    assert f"- {HOLDS}: gap as claimed" in text and f"- {FAILS}: acc lower" in text
 
 
 def test_config_key_depends_only_on_the_settings_that_differ_from_the_defaults():

@@ -131,6 +131,12 @@ def _reproduce_command(record: dict) -> str:
     return " ".join(words)
 
 
+def _verdict_parts(verdict: dict) -> list[dict]:
+    """The parts of a saved verdict, each with its status and summary (the verdict itself
+    when it was not combined from parts)."""
+    return verdict.get("parts") or [{"status": verdict["status"], "summary": verdict["summary"]}]
+
+
 def write_reproduction_report(
     result_dirs: Sequence[Path], out: Path, title: str = "Reproduction of the papers' claims"
 ) -> Path:
@@ -179,11 +185,14 @@ def write_reproduction_report(
             lines.append(f"| {name} | {exp.paper} | {exp.figure} | - | not run yet |")
     disagreements = [r for _, r in records if r["verdict"]["status"] == FAILS]
     lines += ["", "## Where our measurement disagrees with the paper", ""]
-    lines += [
-        f"- **{r['experiment']}** ({r['paper']}, {r['figure']}, {r['profile']}): "
-        f"{r['verdict']['summary']}"
-        for r in disagreements
-    ] or ["None of the measured claims is contradicted (see the inconclusive ones below)."]
+    for r in disagreements:
+        failed = [p for p in _verdict_parts(r["verdict"]) if p["status"] == FAILS]
+        lines.append(f"- **{r['experiment']}** ({r['paper']}, {r['figure']}, {r['profile']}):")
+        lines += [f"  - {p['summary']}" for p in failed]
+    if not disagreements:
+        lines.append(
+            "None of the measured claims is contradicted (see the inconclusive ones below)."
+        )
     for folder, r in records:
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "none"
         lines += [
@@ -193,7 +202,10 @@ def write_reproduction_report(
             "",
             f"**Paper** ({PAPERS[r['paper']]}, {r['figure']}): {r['claim']}",
             "",
-            f"**Verdict: the claim {r['verdict']['status']}.** {r['verdict']['summary']}",
+            f"**Verdict: the claim {r['verdict']['status']}.**",
+            "",
+            *[f"- {p['status']}: {p['summary']}" for p in _verdict_parts(r["verdict"])],
+            *[f"- reported beside it: {note}" for note in r["verdict"].get("notes", [])],
             "",
             f"Profile `{r['profile']}`, seed {r['seed']}, overrides: {overrides}. "
             f"Hardware: {r['provenance']['hardware']}; code {r['provenance']['commit']}. "

@@ -57,16 +57,28 @@ def table_lr(cfg: TrainConfig) -> float:
 class Verdict:
     """`status`: holds / does not hold / inconclusive; `summary`: the numbers it rests on;
     `margin`: the measured difference in favour of the claim (None if not one number);
-    `noise`: the spread it was compared against."""
+    `noise`: the spread it was compared against; `parts`: the verdicts of a claim's parts
+    (a combined claim); `notes`: numbers reported beside it that do not count toward it."""
 
     status: str
     summary: str
     margin: float | None = None
     noise: float | None = None
+    parts: tuple[Verdict, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def leaves(self) -> list[Verdict]:
+        """The single-part verdicts this one is made of (itself if it has no parts)."""
+        return [leaf for part in self.parts for leaf in part.leaves()] if self.parts else [self]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "summary": self.summary, "margin": self.margin,
-                "noise": self.noise}  # fmt: skip
+        out = {"status": self.status, "summary": self.summary, "margin": self.margin,
+               "noise": self.noise}  # fmt: skip
+        if self.parts:
+            out["parts"] = [{"status": v.status, "summary": v.summary} for v in self.leaves()]
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 def compare(margin: float, noise: float, summary: str, *, threshold: float = 0.0) -> Verdict:
@@ -85,7 +97,8 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
     """All parts of a claim: holds if every part holds, does not hold if any part fails."""
     statuses = {v.status for v in verdicts}
     status = FAILS if FAILS in statuses else HOLDS if statuses == {HOLDS} else INCONCLUSIVE
-    return Verdict(status, "; ".join(f"{v.summary} [{v.status}]" for v in verdicts))
+    summary = "; ".join(f"{v.summary} [{v.status}]" for v in verdicts)
+    return Verdict(status, summary, parts=tuple(verdicts))
 
 
 def iterate_spread(history: Sequence[dict], key: str, last: int = 10) -> float:

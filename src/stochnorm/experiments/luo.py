@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,9 @@ class PopulationNormGammaDecay(Experiment):
         diverged = [k for k, v in runs.items() if v["diverged"]]
         if diverged:
             extra.append(f"diverged: {', '.join(diverged)}")
-        return Verdict(verdict.status, f"{verdict.summary}. Also: {'; '.join(extra)}")
+        return replace(
+            verdict, summary=f"{verdict.summary}. Also: {'; '.join(extra)}", notes=tuple(extra)
+        )
 
 
 def plot_scale_steps(runs: dict[str, Any], path: Path) -> Path:
