@@ -59,6 +59,46 @@ def test_lab_trains_a_configuration_once_and_finds_it_in_reuse_dirs(tmp_path):
     assert seeded.train(seeded.config(norm="batch")).path != first.path
 
 
+def test_jobs_train_the_shared_runs_once_before_the_experiments(tmp_path, capsys):
+    # fig1 and fig3 share the BN run: 7 distinct runs, each trained once by 2 processes,
+    # which the experiments then find instead of training again.
+    out = tmp_path / "out"
+    argv = ["reproduce", "fig1-bn-generalization", "fig3-projection", "--profile", "demo",
+            "--out", str(out), "--jobs", "2", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    assert "training 7 runs in 2 processes" in capsys.readouterr().out
+    runs = sorted(p.parent for p in (out / "runs").glob("*/metrics.json"))
+    assert len(runs) == 7
+    stamps = {run: (run / "checkpoint.pt").stat().st_mtime_ns for run in runs}
+    for name in ("fig1-bn-generalization", "fig3-projection"):
+        record = json.loads((out / name / "result.json").read_text())
+        assert {r["run"] for r in record["numbers"].values()} <= set(map(str, runs))
+        # the workers' hardware line: the same CPU, with their share of the threads
+        assert len(record["runs_trained_on"]) == 1
+        assert record["runs_trained_on"][0].startswith("CPU")
+    assert main(argv) == 0  # all found: nothing is trained again
+    assert {run: (run / "checkpoint.pt").stat().st_mtime_ns for run in runs} == stamps
+
+
+def test_a_locked_file_waits_for_its_holder(tmp_path):
+    import threading
+
+    from stochnorm.experiments.base import exclusive
+
+    lock, entered = tmp_path / "x.lock", threading.Event()
+
+    def second():
+        with exclusive(lock):
+            entered.set()
+
+    with exclusive(lock):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not entered.wait(0.5), "a second holder got the lock while it was held"
+    assert entered.wait(10), "the lock was not passed on after release"
+    thread.join()
+
+
 def test_lab_finds_a_run_that_diverged_in_its_first_epoch_again(tmp_path):
     from stochnorm.experiments.bjorck import rate_summary
 
@@ -98,13 +138,15 @@ def test_reproduction_report_lists_every_result(shared_out, tmp_path):
     text = out.read_text()
     for path in results:
         record = json.loads(path.read_text())
-        assert f"## {record['experiment']} (demo)" in text
+        assert f"## {record['experiment']} (demo, width=0.1, subset=0.005," in text
         for part in record["verdict"].get("parts", [record["verdict"]]):
             assert f"- {part['status']}: {part['summary']}" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) == sum(len(json.loads(p.read_text())["figures"]) for p in results)
     assert all((out.parent / link).is_file() for link in links)
     assert "## Where our measurement disagrees with the paper" in text
+    anchors = re.findall(r'<a id="([^"]+)"></a>', text)
+    assert len(set(anchors)) == len(anchors) == len(results)
     # an experiment without a result is listed as such
     (shared_out / "fig1-bn-generalization" / "result.json").rename(tmp_path / "kept.json")
     try:
@@ -128,6 +170,17 @@ def test_reproduction_report_names_only_the_failing_parts_of_a_claim(shared_out,
     disagreements = disagreements.split("## fig1")[0]
     assert "acc lower" in disagreements and "gap as claimed" not in disagreements
     assert f"- {HOLDS}: gap as claimed" in text and f"- {FAILS}: acc lower" in text
+    # the same experiment under other settings, its runs trained elsewhere: both listed
+    record.update(overrides={"width": 1.0}, runs_trained_on=["Some GPU"])
+    (tmp_path / "fig1-wide").mkdir()
+    (tmp_path / "fig1-wide" / "result.json").write_text(json.dumps(record))
+    dirs = [str(tmp_path / "fig1"), str(tmp_path / "fig1-wide")]
+    assert main(["report", "--reproduction", *dirs, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## fig1-bn-generalization (demo, width=1.0)" in text
+    assert "| demo, width=1.0 |" in text and len(re.findall(r'<a id="fig1', text)) == 2
+    hardware = record["provenance"]["hardware"]
+    assert f"Runs trained on Some GPU; verdict computed on {hardware}" in text
 
 
 def test_config_key_depends_only_on_the_settings_that_differ_from_the_defaults():

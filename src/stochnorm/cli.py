@@ -237,11 +237,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{exp.name:<28} {exp.paper:<9} {exp.figure:<12} {exp.claim[:70]}...")
         print("\npapers: " + "; ".join(f"{k} = {v}" for k, v in PAPERS.items()))
         return 0
-    names = list(experiments) if args.name == "all" else [args.name]
-    if names[0] not in experiments:
+    names = list(experiments) if args.name == ["all"] else list(dict.fromkeys(args.name))
+    unknown = [name for name in names if name not in experiments]
+    if unknown:
         raise ConfigError(
-            f"unknown experiment {args.name!r}; `stochnorm reproduce --list` names them"
+            f"unknown experiment {unknown[0]!r}; `stochnorm reproduce --list` names them"
         )
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     overrides = {CONFIG_FLAGS[f][0]: getattr(args, CONFIG_FLAGS[f][0]) for f in REPRODUCE_FLAGS}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     out = Path(args.out or f"runs/reproduce/{args.profile}")
@@ -250,6 +253,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         reuse=[Path(p) for p in args.reuse], device=args.device,
         progress=not args.no_progress, lr_search=args.lr_search,
     )  # fmt: skip
+    if args.jobs > 1:
+        from .experiments.parallel import planned_runs, train_in_parallel
+
+        labels = planned_runs([experiments[name] for name in names])
+        print(f"training {len(labels)} runs in {args.jobs} processes: {', '.join(labels)}")
+        train_in_parallel(lab, labels, args.jobs)
     for name in names:
         record = reproduce(experiments[name], lab, out / name)
         verdict = record["verdict"]
@@ -439,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reproduce", help="run one experiment of the papers: train, measure, plot, verdict"
     )
-    p.add_argument("name", nargs="?", help="experiment name (see --list), or all")
+    p.add_argument("name", nargs="*", help="experiment names (see --list), or all")
     p.add_argument("--list", action="store_true", help="list the experiments")
     p.add_argument(
         "--profile", choices=list(PROFILES), default="demo",
@@ -460,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
         field, kind, text = CONFIG_FLAGS[flag]
         p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
+    p.add_argument(
+        "--jobs", type=_number(int), default=1,
+        help="first train the runs the experiments share in this many processes (on a GPU, "
+        "several small networks train side by side; default 1: one after another)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -131,6 +132,26 @@ def _reproduce_command(record: dict) -> str:
     return " ".join(words)
 
 
+def _setting(record: dict) -> str:
+    """The profile of a result with the overrides it ran under, e.g. "quick, width=1.0"."""
+    overrides = ", ".join(f"{k}={v}" for k, v in record["overrides"].items())
+    return f"{record['profile']}, {overrides}" if overrides else record["profile"]
+
+
+def _anchor(record: dict) -> str:
+    """A link target unique per experiment and setting."""
+    return re.sub(r"[^a-z0-9]+", "-", f"{record['experiment']} {_setting(record)}".lower())
+
+
+def _hardware(record: dict) -> str:
+    """Where the runs of a result were trained and where its verdict was computed."""
+    verdict_on = record["provenance"]["hardware"]
+    trained_on = record.get("runs_trained_on")
+    if not trained_on or trained_on == [verdict_on]:
+        return f"Hardware: {verdict_on}"
+    return f"Runs trained on {'; '.join(trained_on)}; verdict computed on {verdict_on}"
+
+
 def _verdict_parts(verdict: dict) -> list[dict]:
     """The parts of a saved verdict, each with its status and summary (the verdict itself
     when it was not combined from parts)."""
@@ -158,7 +179,7 @@ def write_reproduction_report(
         raise RunDirError(f"no {RESULT_FILE} under {', '.join(map(str, result_dirs))}")
     records = [(f.parent, load_result(f)) for f in files]
     order = list(PAPERS)
-    records.sort(key=lambda r: (order.index(r[1]["paper"]), r[1]["figure"], r[1]["profile"]))
+    records.sort(key=lambda r: (order.index(r[1]["paper"]), r[1]["figure"], _setting(r[1])))
     out = Path(out)
     lines = [
         f"# {title}",
@@ -176,8 +197,8 @@ def write_reproduction_report(
     ]
     for _, r in records:
         lines.append(
-            f"| [{r['experiment']}](#{r['experiment']}-{r['profile']}) | {r['paper']} | "
-            f"{r['figure']} | {r['profile']} | {r['verdict']['status']} |"
+            f"| [{r['experiment']}](#{_anchor(r)}) | {r['paper']} | "
+            f"{r['figure']} | {_setting(r)} | {r['verdict']['status']} |"
         )
     done = {r["experiment"] for _, r in records}
     for name, exp in registry().items():
@@ -187,7 +208,7 @@ def write_reproduction_report(
     lines += ["", "## Where our measurement disagrees with the paper", ""]
     for r in disagreements:
         failed = [p for p in _verdict_parts(r["verdict"]) if p["status"] == FAILS]
-        lines.append(f"- **{r['experiment']}** ({r['paper']}, {r['figure']}, {r['profile']}):")
+        lines.append(f"- **{r['experiment']}** ({r['paper']}, {r['figure']}, {_setting(r)}):")
         lines += [f"  - {p['summary']}" for p in failed]
     if not disagreements:
         lines.append(
@@ -197,8 +218,8 @@ def write_reproduction_report(
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "none"
         lines += [
             "",
-            f"## {r['experiment']} ({r['profile']})",
-            f'<a id="{r["experiment"]}-{r["profile"]}"></a>',
+            f"## {r['experiment']} ({_setting(r)})",
+            f'<a id="{_anchor(r)}"></a>',
             "",
             f"**Paper** ({PAPERS[r['paper']]}, {r['figure']}): {r['claim']}",
             "",
@@ -208,7 +229,7 @@ def write_reproduction_report(
             *[f"- reported beside it: {note}" for note in r["verdict"].get("notes", [])],
             "",
             f"Profile `{r['profile']}`, seed {r['seed']}, overrides: {overrides}. "
-            f"Hardware: {r['provenance']['hardware']}; code {r['provenance']['commit']}. "
+            f"{_hardware(r)}; code {r['provenance']['commit']}. "
             f"Command: `{_reproduce_command(r)}`.",
             "",
         ]

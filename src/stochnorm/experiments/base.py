@@ -9,11 +9,12 @@ shared by several experiments (e.g. batch norm at the quick profile) are trained
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,6 +124,25 @@ def config_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on file `path` (created if missing) for the block: processes
+    that share a run directory train or search each configuration once, one after another.
+    The operating system releases the lock of a process that dies."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking, as before
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass
 class Lab:
     """Trains what an experiment asks for, under one profile and seed.
@@ -131,7 +151,8 @@ class Lab:
     for (e.g. a smaller width or another dataset). Runs live in `runs_dir` keyed by their
     configuration; completed runs with the same configuration found in `reuse` directories
     (one run directory per subdirectory, as `make results-quick` leaves them) are used as
-    they are. `lr_search`: None = search per run except in the demo profile (TABLE_LR)."""
+    they are. `lr_search`: None = search per run except in the demo profile (TABLE_LR).
+    Several processes may share `runs_dir`: each search and run is locked while it runs."""
 
     profile: str
     runs_dir: Path
@@ -141,6 +162,8 @@ class Lab:
     device: str = "cpu"
     progress: bool = False
     lr_search: bool | None = None
+    # Every run `train` returned, in order (reproduce() reads where they were trained).
+    used: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -168,6 +191,19 @@ class Lab:
         from ..lr_search import lr_find
 
         probe = cfg.replace(lr=TrainConfig.from_profile(cfg.profile).lr)
+        found = self._find_lr(probe)
+        if found is not None:
+            return found
+        with exclusive(self.runs_dir / f".lr-find-{config_key(probe)}.lock"):
+            found = self._find_lr(probe)  # another process may have searched meanwhile
+            if found is not None:
+                return found
+            result = lr_find(probe, device=self.device, progress=self.progress)
+            result["config"] = probe.to_dict()
+            save_json(result, self.runs_dir / f"lr-find-{config_key(probe)}.json")
+        return result["lr"]
+
+    def _find_lr(self, probe: TrainConfig) -> float | None:
         for path in self._lr_files():
             found = load_json(path)
             try:
@@ -176,10 +212,7 @@ class Lab:
                 continue
             if same:
                 return found["lr"]
-        result = lr_find(probe, device=self.device, progress=self.progress)
-        result["config"] = probe.to_dict()
-        save_json(result, self.runs_dir / f"lr-find-{config_key(probe)}.json")
-        return result["lr"]
+        return None
 
     def _lr_files(self) -> list[Path]:
         roots = [self.runs_dir, *map(Path, self.reuse)]
@@ -201,13 +234,17 @@ class Lab:
 
         if search_lr:
             cfg = cfg.replace(lr=self.lr(cfg))
-        found = self._find(cfg)
-        if found is not None:
-            return found
-        run = RunDir(self.runs_dir / f"{label}-{config_key(cfg)}")
-        resume = run.exists() and run.checkpoint_path.exists()
-        train(cfg, run.path, resume=resume, after_step=after_step, loss_terms=loss_terms,
-              device=self.device, progress=self.progress)  # fmt: skip
+        run = self._find(cfg)
+        if run is None:
+            with exclusive(self.runs_dir / f".run-{config_key(cfg)}.lock"):
+                run = self._find(cfg)  # another process may have trained it meanwhile
+                if run is None:
+                    run = RunDir(self.runs_dir / f"{label}-{config_key(cfg)}")
+                    resume = run.exists() and run.checkpoint_path.exists()
+                    train(cfg, run.path, resume=resume, after_step=after_step,
+                          loss_terms=loss_terms, device=self.device,
+                          progress=self.progress)  # fmt: skip
+        self.used.append(run.path)
         return run
 
     def _find(self, cfg: TrainConfig) -> RunDir | None:
@@ -246,6 +283,9 @@ class Experiment:
     paper: ClassVar[str]  # key of PAPERS
     figure: ClassVar[str]  # e.g. "Fig. 1", "Table 1", "Sec. 4.2"
     claim: ClassVar[str]  # the paper's statement, in our words
+    # Labels of the runs it trains (see main_noise.RUN_SETTINGS) that `reproduce --jobs`
+    # may train in parallel before the experiment starts.
+    runs: ClassVar[tuple[str, ...]] = ()
 
     def run(self, lab: Lab) -> dict[str, Any]:
         raise NotImplementedError
@@ -273,6 +313,7 @@ def reproduce(experiment: Experiment, lab: Lab, out: Path) -> dict[str, Any]:
     profile, seed, overrides, provenance) and return that record."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    lab.used.clear()
     numbers = experiment.run(lab)
     figures = [Path(p).name for p in experiment.plot(numbers, out)]
     record = {
@@ -287,9 +328,21 @@ def reproduce(experiment: Experiment, lab: Lab, out: Path) -> dict[str, Any]:
         "verdict": experiment.verdict(numbers).to_dict(),
         "figures": figures,
         "provenance": provenance(lab.device),
+        "runs_trained_on": runs_hardware(lab.used),
     }
     save_json(record, out / RESULT_FILE)
     return record
+
+
+def runs_hardware(paths: Sequence[Path]) -> list[str]:
+    """The hardware each of the runs at `paths` was trained on (from its metrics.json),
+    each once: runs found in a reuse directory may come from another machine."""
+    found = []
+    for path in dict.fromkeys(paths):
+        run = RunDir(path)
+        if run.metrics_path.exists():
+            found.append(run.metrics().get("provenance", {}).get("hardware", "unknown"))
+    return sorted(set(found))
 
 
 def load_result(path: Path) -> dict[str, Any]:

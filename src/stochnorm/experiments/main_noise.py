@@ -48,6 +48,7 @@ from .base import (
     combine,
     compare,
     config_key,
+    exclusive,
     iterate_spread,
     tail_mean,
 )
@@ -115,12 +116,16 @@ def bn_noise_measurement(lab: Lab) -> dict[str, Any]:
     sizes, batches = tuple(s["bn_batch_sizes"]), s["bn_batches"]
     name = f"bn-noise-{config_key(run.config())}-k{'_'.join(map(str, sizes))}-b{batches}"
     cache = lab.runs_dir / f"{name}-s{lab.seed}.json"
-    if cache.is_file():
-        found = load_json(cache)
-        if found.get("run") == str(run.path):
-            return found
-    measured = measure_bn_noise(run.path, sizes, batches=batches, seed=lab.seed)
-    save_json(measured, cache)
+    # Measured once, also when processes share the lab: the runs with BN-like noise take
+    # their sigmas from this file, and a second measurement on a GPU may differ in the last
+    # digits, which would change their configurations.
+    with exclusive(cache.with_suffix(".lock")):
+        if cache.is_file():
+            found = load_json(cache)
+            if found.get("run") == str(run.path):
+                return found
+        measured = measure_bn_noise(run.path, sizes, batches=batches, seed=lab.seed)
+        save_json(measured, cache)
     return measured
 
 
@@ -345,6 +350,7 @@ class BNNoise(Experiment):
     with n = k z i.i.d. values, checked on a trained BN network."""
 
     name = "fig4-bn-noise"
+    runs = ("batch",)
     paper = "main"
     figure = "Fig. 4"
     claim = (
@@ -408,6 +414,7 @@ class BNLikeNoise(Experiment):
     with BN-like noise whose per-layer sigma_V, sigma_U are measured on the BN run."""
 
     name = "fig5-bn-like-noise"
+    runs = ("batch", *FIG5_RUNS)
     paper = "main"
     figure = "Fig. 5"
     claim = (
@@ -454,6 +461,7 @@ class BayesTable(Experiment):
     of the single pass (mean parameters) and of MC averages."""
 
     name = "table1-bayes"
+    runs = tuple(dict.fromkeys((*TABLE1_RUNS, *COUNTERPARTS.values(), *FIG6_RUNS, *FIG7_RUNS)))
     paper = "main"
     figure = "Figs. 6-7, Table 1"
     claim = (
@@ -466,9 +474,7 @@ class BayesTable(Experiment):
     )
 
     def run(self, lab: Lab) -> dict[str, Any]:
-        labels = tuple(dict.fromkeys((*TABLE1_RUNS, *COUNTERPARTS.values(), *FIG6_RUNS,
-                                      *FIG7_RUNS)))  # fmt: skip
-        runs = trained_runs(lab, labels)
+        runs = trained_runs(lab, self.runs)
         numbers: dict[str, Any] = {
             "samples": list(profile_settings(lab)["samples"]),
             "test_size": count_test_images(runs["batch"]),
@@ -560,6 +566,7 @@ class ErrorCoverage(Experiment):
     rejecting by the entropy of the single-pass predictive distribution."""
 
     name = "figA3-error-coverage"
+    runs = EVALUATED_RUNS
     paper = "main"
     figure = "Fig. A.3"
     claim = (
@@ -624,6 +631,7 @@ class Robustness(Experiment):
     input noise and FGSM, for the runs of Fig. A.3."""
 
     name = "figA4-robustness"
+    runs = EVALUATED_RUNS
     paper = "main"
     figure = "Fig. A.4"
     claim = (

@@ -40,6 +40,7 @@ def val_acc_verdict(numbers: dict, better: str, worse: str, last: int = 10) -> V
 
 class BNGeneralization(Experiment):
     name = "fig1-bn-generalization"
+    runs = ("batch", "none")
     paper = "main"
     figure = "Fig. 1"
     claim = (
@@ -50,8 +51,7 @@ class BNGeneralization(Experiment):
 
     def run(self, lab: Lab) -> dict[str, Any]:
         return {
-            norm: run_summary(lab.train(lab.config(norm=norm), label=norm))
-            for norm in ("batch", "none")
+            norm: run_summary(lab.train(lab.config(norm=norm), label=norm)) for norm in self.runs
         }
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:
@@ -73,6 +73,7 @@ FIG3_NORMS = ("batch", "weight", "analytic")
 
 class Projection(Experiment):
     name = "fig3-projection"
+    runs = tuple(f"{norm}{suffix}" for norm in FIG3_NORMS for suffix in ("", "-proj"))
     paper = "main"
     figure = "Fig. 3"
     claim = (
