@@ -145,6 +145,7 @@ results-long: $(LONG_CASES:%=$(LONG)/%/evaluation.json)
 results-reproduce: | setup data
 	$(BIN)/stochnorm reproduce all --profile quick --out results/reproduce/quick \
 	  --reuse $(QUICK) --no-progress
-	$(BIN)/stochnorm report --reproduction results/reproduce/quick --out results/REPRODUCTION.md
+	$(BIN)/stochnorm report --reproduction results/reproduce/quick results/reproduce/width1 \
+	  --out results/REPRODUCTION.md
 
 FORCE:
