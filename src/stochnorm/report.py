@@ -132,9 +132,14 @@ def _reproduce_command(record: dict) -> str:
     return " ".join(words)
 
 
+def _overrides(record: dict) -> str:
+    """The overrides a result ran under, e.g. "width=1.0" ("" if none)."""
+    return ", ".join(f"{k}={v}" for k, v in record["overrides"].items())
+
+
 def _setting(record: dict) -> str:
     """The profile of a result with the overrides it ran under, e.g. "quick, width=1.0"."""
-    overrides = ", ".join(f"{k}={v}" for k, v in record["overrides"].items())
+    overrides = _overrides(record)
     return f"{record['profile']}, {overrides}" if overrides else record["profile"]
 
 
@@ -215,7 +220,6 @@ def write_reproduction_report(
             "None of the measured claims is contradicted (see the inconclusive ones below)."
         )
     for folder, r in records:
-        overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "none"
         lines += [
             "",
             f"## {r['experiment']} ({_setting(r)})",
@@ -228,7 +232,7 @@ def write_reproduction_report(
             *[f"- {p['status']}: {p['summary']}" for p in _verdict_parts(r["verdict"])],
             *[f"- reported beside it: {note}" for note in r["verdict"].get("notes", [])],
             "",
-            f"Profile `{r['profile']}`, seed {r['seed']}, overrides: {overrides}. "
+            f"Profile `{r['profile']}`, seed {r['seed']}, overrides: {_overrides(r) or 'none'}. "
             f"{_hardware(r)}; code {r['provenance']['commit']}. "
             f"Command: `{_reproduce_command(r)}`.",
             "",

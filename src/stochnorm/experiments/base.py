@@ -41,6 +41,22 @@ TABLE_LR: dict[tuple[str, bool, str | None], float] = {
 }
 
 
+# The runs experiments share, by label (the Makefile's naming: "-proj" projection, "-bayes"
+# learned scale noise with the defaults sigma_s = 0.1, kl_factor = 1). main_noise adds
+# "-bnlike" labels: BN-like noise with the sigmas measured on the BN run.
+RUN_SETTINGS: dict[str, dict[str, Any]] = {
+    "none": {"norm": "none"},
+    "batch": {"norm": "batch"},
+    "batch-proj": {"norm": "batch", "project": True},
+    "weight": {"norm": "weight"},
+    "weight-proj": {"norm": "weight", "project": True},
+    "analytic": {"norm": "analytic"},
+    "analytic-proj": {"norm": "analytic", "project": True},
+    "weight-proj-bayes": {"norm": "weight", "project": True, "noise": "bayes"},
+    "analytic-proj-bayes": {"norm": "analytic", "project": True, "noise": "bayes"},
+}
+
+
 def table_lr(cfg: TrainConfig) -> float:
     """The tabulated rate for `cfg`'s normalization: the exact case, else the same norm and
     projection without noise, else the same norm, else 0.01."""
@@ -283,8 +299,8 @@ class Experiment:
     paper: ClassVar[str]  # key of PAPERS
     figure: ClassVar[str]  # e.g. "Fig. 1", "Table 1", "Sec. 4.2"
     claim: ClassVar[str]  # the paper's statement, in our words
-    # Labels of the runs it trains (see main_noise.RUN_SETTINGS) that `reproduce --jobs`
-    # may train in parallel before the experiment starts.
+    # Labels of the runs it trains (RUN_SETTINGS, or main_noise's "-bnlike" labels) that
+    # `reproduce --jobs` may train in parallel before the experiment starts.
     runs: ClassVar[tuple[str, ...]] = ()
 
     def run(self, lab: Lab) -> dict[str, Any]:

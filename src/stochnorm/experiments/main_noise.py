@@ -42,6 +42,7 @@ from .base import (
     FAILS,
     HOLDS,
     INCONCLUSIVE,
+    RUN_SETTINGS,
     Experiment,
     Lab,
     Verdict,
@@ -73,20 +74,6 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 QQ_LAYER = 6  # the layer of the paper's Q-Q plot (Fig. 4 left)
 TAIL = 10  # epochs over which end points are averaged (base.tail_mean's default)
 
-# The runs, by label (the Makefile's naming: "-proj" projection, "-bnlike" BN-like noise
-# with the sigmas measured on the BN run, "-bayes" learned scale noise with the defaults
-# sigma_s = 0.1, kl_factor = 1).
-RUN_SETTINGS: dict[str, dict[str, Any]] = {
-    "none": {"norm": "none"},
-    "batch": {"norm": "batch"},
-    "batch-proj": {"norm": "batch", "project": True},
-    "weight": {"norm": "weight"},
-    "weight-proj": {"norm": "weight", "project": True},
-    "analytic": {"norm": "analytic"},
-    "analytic-proj": {"norm": "analytic", "project": True},
-    "weight-proj-bayes": {"norm": "weight", "project": True, "noise": "bayes"},
-    "analytic-proj-bayes": {"norm": "analytic", "project": True, "noise": "bayes"},
-}
 TABLE1_RUNS = (
     "batch", "batch-proj", "weight-proj-bnlike", "analytic-proj-bnlike", "weight-proj-bayes",
     "analytic-proj-bayes",

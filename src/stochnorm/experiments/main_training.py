@@ -8,7 +8,16 @@ from typing import Any
 
 from ..plots import plot_curves
 from ..runs import RunDir
-from .base import Experiment, Lab, Verdict, combine, compare, iterate_spread, tail_mean
+from .base import (
+    RUN_SETTINGS,
+    Experiment,
+    Lab,
+    Verdict,
+    combine,
+    compare,
+    iterate_spread,
+    tail_mean,
+)
 
 
 def run_summary(run: RunDir) -> dict[str, Any]:
@@ -21,6 +30,14 @@ def run_summary(run: RunDir) -> dict[str, Any]:
         "history": metrics["history"],
         "final": metrics.get("final", {}),
         "diverged": metrics.get("diverged", False),
+    }
+
+
+def trained_summaries(lab: Lab, labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`run_summary` of the finished run of each RUN_SETTINGS label, trained if need be."""
+    return {
+        label: run_summary(lab.train(lab.config(**RUN_SETTINGS[label]), label=label))
+        for label in labels
     }
 
 
@@ -50,9 +67,7 @@ class BNGeneralization(Experiment):
     )
 
     def run(self, lab: Lab) -> dict[str, Any]:
-        return {
-            norm: run_summary(lab.train(lab.config(norm=norm), label=norm)) for norm in self.runs
-        }
+        return trained_summaries(lab, self.runs)
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:
         return [plot_curves({k: v["history"] for k, v in numbers.items()}, out / "fig1.png")]
@@ -84,13 +99,7 @@ class Projection(Experiment):
     )
 
     def run(self, lab: Lab) -> dict[str, Any]:
-        numbers = {}
-        for norm in FIG3_NORMS:
-            for project in (False, True):
-                label = f"{norm}-proj" if project else norm
-                run = lab.train(lab.config(norm=norm, project=project), label=label)
-                numbers[label] = run_summary(run)
-        return numbers
+        return trained_summaries(lab, self.runs)
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:
         return [plot_curves({k: v["history"] for k, v in numbers.items()}, out / "fig3.png")]
