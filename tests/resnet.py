@@ -49,3 +49,11 @@ class ResNet(nn.Module):
         x = self.layer2(self.layer1(x))
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
+
+
+def pooled_mlp(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    """A model whose first operation on the input is a pooling, not a conv/linear layer."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * in_channels, 32),
+        nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, num_classes),
+    )  # fmt: skip

@@ -1,14 +1,17 @@
 """Analytic normalization on real data: the first layer's statistics are exact, deeper
 layers within the measured tolerance of the independence assumption."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from stochnorm import TrainConfig
+from stochnorm import TrainConfig, fold, models
 from stochnorm.analytic import MomentPropagation, patch_moments, propagation_of
 from stochnorm.cli import main
 from stochnorm.diagnostics import analytic_statistics
-from stochnorm.train import build_model, training_inputs
+from stochnorm.train import build_model, load_model_state, make_model, training_inputs
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -107,3 +110,72 @@ def test_propagation_after_noise_uses_the_layer_output_with_mean_parameters(nois
     mean, var = layer.noise.output_moments(layer.weight.double(), layer.bias.double())
     torch.testing.assert_close(y.mean((0, 2, 3)), mean.detach(), atol=0.02, rtol=0)  # ~5 s.e.
     torch.testing.assert_close(y.var((0, 2, 3)), var.detach(), rtol=0.02, atol=0)
+
+
+def _trained_step(cfg, data):
+    """An analytic model of `cfg` after one SGD step on a training batch."""
+    model = build_model(cfg, data)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = data.train.x[:32], data.train.y[:32]
+    torch.nn.functional.nll_loss(model.train()(x), y).backward()
+    opt.step()
+    model.train()(x[:2])  # statistics from the stepped weights
+    return model.eval()
+
+
+def test_the_propagation_is_module_state_that_a_state_dict_carries(tiny_fashion, tmp_path):
+    cfg = TrainConfig(norm="analytic", width=0.1, noise="bayes")
+    model = _trained_step(cfg, tiny_fashion)
+    assert "(moment_propagation): MomentPropagation(input channels=1, exact first layer" in str(
+        model
+    )
+    state = model.state_dict()
+    assert {"moment_propagation.input_mean", "moment_propagation.patch_cov"} <= set(state)
+    x = tiny_fashion.test.x[:8]
+    torch.save({"state": state, "x": x, "out": model(x)}, tmp_path / "saved.pt")
+    # a fresh interpreter, no data: build the model by name, load the state dict
+    script = f"""
+import torch
+from stochnorm import add_noise, models
+saved = torch.load({str(tmp_path / "saved.pt")!r})
+model = add_noise(models.build("allcnn", 1, 10, norm="analytic", width=0.1), "bayes")
+model.load_state_dict(saved["state"])
+model.eval()
+assert torch.equal(model(saved["x"]), saved["out"]), "eval outputs differ"
+model.train()(saved["x"][:2])  # the loaded input moments propagate as before
+model.eval()
+assert torch.equal(model(saved["x"]), saved["out"]), "re-propagated outputs differ"
+print("same")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "same", done.stderr
+
+
+def test_an_analytic_model_without_statistics_refuses_to_evaluate_or_fold():
+    model = models.build("allcnn", 1, 10, norm="analytic", width=0.1)
+    with pytest.raises(RuntimeError, match="no statistics yet"):
+        model.eval()(torch.randn(2, 1, 28, 28))
+    with pytest.raises(RuntimeError, match="no statistics yet"):
+        fold(model)
+    model.train()(torch.randn(2, 1, 28, 28))  # one training forward sets them
+    assert torch.isfinite(model.eval()(torch.randn(2, 1, 28, 28))).all()
+
+
+def test_a_checkpoint_from_before_the_moments_were_state_is_loaded_with_them_measured(
+    tiny_fashion,
+):
+    cfg = TrainConfig(norm="analytic", width=0.1)
+    model = _trained_step(cfg, tiny_fashion)
+    old = {k: v for k, v in model.state_dict().items()
+           if not k.startswith("moment_propagation.") and not k.endswith("has_statistics")}  # fmt: skip
+    fresh = make_model(cfg, tiny_fashion)
+    fresh.load_state_dict(old)  # what torch.load of an old checkpoint gives: no metadata
+    x = tiny_fashion.test.x[:8]
+    assert torch.equal(fresh.eval()(x), model(x))  # the statistics came with it
+    with pytest.raises(RuntimeError, match="does not hold the input moments"):
+        fresh.train()(x)
+    fresh = make_model(cfg, tiny_fashion)
+    load_model_state(fresh, old, cfg, tiny_fashion)  # measured on the data, as train does
+    reference = propagation_of(model)
+    for name in ("input_mean", "input_var", "patch_mean", "patch_cov"):
+        assert torch.equal(getattr(propagation_of(fresh), name), getattr(reference, name))

@@ -33,7 +33,7 @@ def _one_line_error(capsys, argv, needle):
         (["train", "--width", "0"], "width must be > 0"),
         (["train", "--epochs", "-1"], "epochs must be >= 1"),
         (["train", "--epochs", "many"], "'many' is not a valid int"),
-        (["train", "--norm", "group"], "unknown norm 'group'"),
+        (["train", "--norm", "instance"], "unknown norm 'instance'"),
         (["train", "--profile", "huge"], "invalid choice"),
         (["lr-find", "--lr-min", "1", "--lr-max", "0.1"], "lr_min < lr_max"),
         (["evaluate", "/nonexistent/run"], "not a run directory"),

@@ -24,7 +24,9 @@ def test_gamma_reaches_a_tenth_after_decay_epochs():
         ({"batch_size": 0}, "batch_size"),
         ({"norm_batch": 16}, "norm_batch"),
         ({"dataset": "nope"}, "unknown dataset"),
-        ({"norm": "layer"}, "unknown norm"),
+        ({"norm": "instance"}, "unknown norm"),
+        ({"groups": 0}, "groups"),
+        ({"model": "vgg"}, "unknown model"),
         ({"momentum": 1.0}, "momentum"),
     ],
 )

@@ -8,16 +8,16 @@ import torch
 from torch import nn
 
 from stochnorm.diagnostics import layer_signal, sgd_step_
-from stochnorm.experiments.base import FAILS, HOLDS, INCONCLUSIVE
 from stochnorm.experiments.bjorck import (
     Conditioning,
-    fit_slope,
     high_rate_accuracy_verdict,
     lyapunov_exponents,
     order_of_magnitude_verdict,
     product_conditioning,
     stable_bracket,
 )
+from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE
+from stochnorm.stats import linear_fit
 
 # --- layer_signal and sgd_step_ ------------------------------------------------------------
 
@@ -172,7 +172,7 @@ def test_log_condition_number_grows_linearly_at_the_lyapunov_rate():
     n, depth = 4, 30
     result = product_conditioning(n, depth, 200, torch.Generator().manual_seed(5))
     mean = torch.tensor(result["log_cond"]).mean(0)
-    slope = fit_slope(range(10, depth + 1), mean[9:].tolist())
+    slope = linear_fit(range(10, depth + 1), mean[9:].tolist())[0]
     mu = lyapunov_exponents(n)
     assert math.isclose((mu[0] - mu[-1]).item(), 1.1931, rel_tol=1e-3)
     assert math.isclose(slope, (mu[0] - mu[-1]).item(), rel_tol=0.06), slope
@@ -185,10 +185,6 @@ def test_conditioning_verdict_compares_the_slope_with_ln_2():
     flat = {**numbers, "log_cond": [[1.0, 1.1, 1.2], [1.1, 1.2, 1.3]]}
     assert Conditioning().verdict(grows).status == HOLDS
     assert Conditioning().verdict(flat).status == FAILS
-
-
-def test_fit_slope():
-    assert math.isclose(fit_slope([1, 2, 3, 4], [3, 5, 7, 9]), 2.0)
 
 
 # --- the learning-rate verdicts on made-up grids --------------------------------------------

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from stochnorm.diagnostics import batch_dependence, scale_step_sizes
 from stochnorm.experiments import analytic_paper, luo
-from stochnorm.experiments.base import FAILS, HOLDS, INCONCLUSIVE
+from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE
 from stochnorm.models import AllCNN
 from stochnorm.norms import BatchNorm, PopulationNorm, WeightNorm
 

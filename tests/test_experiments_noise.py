@@ -7,58 +7,27 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from stochnorm import metrics
 from stochnorm.checkpoint import save_checkpoint, save_json
 from stochnorm.cli import build_parser
 from stochnorm.config import TrainConfig
-from stochnorm.diagnostics import bn_noise, measure_bn_noise, summarize_bn_noise
+from stochnorm.diagnostics import bn_noise, summarize_bn_noise
 from stochnorm.errors import ConfigError
-from stochnorm.experiments.base import FAILS, HOLDS, INCONCLUSIVE
-from stochnorm.experiments.main_noise import (
-    PROFILE_SETTINGS,
-    binomial_se,
+from stochnorm.evaluation import load_run, measure_bn_noise
+from stochnorm.experiments.cases import PROFILE_SETTINGS
+from stochnorm.experiments.main_bayes import (
     coverage_differences,
     coverage_verdict,
     error_at,
-    fig4_numbers,
-    improvement_verdict,
-    loglog_fit,
     strength_area,
 )
+from stochnorm.experiments.main_noise import fig4_numbers
+from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE, improvement_verdict
 from stochnorm.plots import plot_grouped_bars
-from stochnorm.train import build_model, load_run
+from stochnorm.train import build_model
 
 # ---------------------------------------------------------------- fits and areas
-
-
-def test_loglog_fit_matches_scipy_linregress_on_a_noisy_power_law():
-    g = np.random.default_rng(0)
-    x = np.array([4.0, 8, 16, 32, 64, 128, 256])
-    y = 3.0 * x**-0.9 * np.exp(0.05 * g.standard_normal(len(x)))
-    slope, se = loglog_fit(x.tolist(), y.tolist())
-    ref = stats.linregress(np.log(x), np.log(y))
-    assert slope == pytest.approx(ref.slope, abs=1e-12)
-    assert se == pytest.approx(ref.stderr, rel=1e-10)
-    # an exact power law: the slope exactly, no error; two points: no error estimate
-    assert loglog_fit([1, 10, 100], [5, 0.5, 0.05]) == pytest.approx((-1.0, 0.0), abs=1e-12)
-    assert math.isnan(loglog_fit([1, 10], [1, 2])[1])
-
-
-def test_loglog_fit_standard_error_is_the_spread_of_slopes_over_noise_draws():
-    # Monte Carlo: the slopes of many noisy draws spread as the standard error says
-    g = np.random.default_rng(1)
-    x = np.array([4.0, 8, 16, 32, 64])
-    slopes, ses = [], []
-    for _ in range(4000):
-        y = x**-1.0 * np.exp(0.1 * g.standard_normal(len(x)))
-        s, se = loglog_fit(x.tolist(), y.tolist())
-        slopes.append(s)
-        ses.append(se)
-    true_se = 0.1 / math.sqrt(((np.log(x) - np.log(x).mean()) ** 2).sum())
-    assert np.std(slopes) == pytest.approx(true_se, rel=0.05)
-    assert np.sqrt(np.mean(np.square(ses))) == pytest.approx(true_se, rel=0.05)
 
 
 def test_strength_area_is_the_mean_accuracy_over_the_range():
@@ -124,12 +93,6 @@ def test_coverage_verdict_holds_fails_and_is_inconclusive_as_the_curves_say():
     assert coverage_verdict("same", "base", curves, n).status == INCONCLUSIVE
     dip = coverage_verdict("dip", "base", curves, n)
     assert dip.status == FAILS and "0.50" in dip.summary
-
-
-def test_binomial_se_matches_the_spread_of_simulated_error_rates():
-    g = np.random.default_rng(2)
-    rates = g.binomial(600, 0.03, size=20_000) / 600
-    assert binomial_se(0.03, 600) == pytest.approx(rates.std(), rel=0.03)
 
 
 # ---------------------------------------------------------------- verdict on histories

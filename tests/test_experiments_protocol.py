@@ -11,7 +11,6 @@ import torch
 
 from stochnorm.errors import ConfigError
 from stochnorm.experiments import Lab
-from stochnorm.experiments.base import FAILS, HOLDS, INCONCLUSIVE
 from stochnorm.experiments.main_protocol import (
     BatchSize,
     NormalizationBatch,
@@ -20,6 +19,7 @@ from stochnorm.experiments.main_protocol import (
     with_log_loss,
     with_mode_gap,
 )
+from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE
 from stochnorm.plots import plot_curve_rows, plot_seed_spread, running_mean_std
 
 

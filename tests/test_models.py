@@ -51,7 +51,7 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="width"):
         AllCNN(width=0)
     with pytest.raises(ConfigError, match="unknown norm"):
-        AllCNN(norm="group")
+        AllCNN(norm="instance")
     with pytest.raises(ValueError, match="images"):
         AllCNN(1, 10, width=0.1)(torch.randn(4, 784))
 

@@ -1,11 +1,13 @@
 """Normalization layers: each against an independent computation of eq. (2)."""
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
+from stochnorm import add_noise, fold, kl_divergence, project_
 from stochnorm.norms import BatchNorm, Norm, make_norm, normalizations
 
 
@@ -108,3 +110,67 @@ def test_population_norm_gradient_is_batch_norms_where_the_statistics_agree():
         torch.testing.assert_close(outputs[name], outputs["batch"], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grads["pn"], grads["batch"], rtol=1e-9, atol=1e-9)
     assert (grads["pn-const"] - grads["batch"]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("channels,groups", [(12, 4), (12, 32), (10, 32), (8, 1)])
+def test_group_norm_matches_torch_in_train_and_eval(channels, groups):
+    torch.manual_seed(0)
+    ours = make_norm("group", channels, groups=groups)
+    ref = nn.GroupNorm(math.gcd(channels, groups), channels)
+    with torch.no_grad():
+        for p in (ours.weight, ours.bias):
+            p.normal_()
+        ref.weight.copy_(ours.weight)
+        ref.bias.copy_(ours.bias)
+    u = torch.randn(3, channels, 5, 4) * 3 + 1
+    for mode in (True, False):
+        ours.train(mode), ref.train(mode)
+        assert torch.allclose(ours(u), ref(u), atol=1e-5)
+    assert ours.groups == math.gcd(channels, groups)
+    # [B, C] after a linear layer as well
+    v = torch.randn(4, channels)
+    assert torch.allclose(ours(v), ref(v), atol=1e-5)
+
+
+def test_layer_norm_is_group_norm_with_one_group_and_independent_of_the_batch():
+    torch.manual_seed(1)
+    layer, group = make_norm("layer", 6), make_norm("group", 6, groups=1)
+    assert layer.groups == 1
+    u = torch.randn(5, 6, 3, 3)
+    assert torch.equal(layer(u), group(u))
+    # one sample's output does not depend on the others
+    assert torch.allclose(layer(u)[:1], layer(u[:1]), atol=1e-6)
+    # over C, H, W of each sample: zero mean, unit variance before the affine
+    z = layer.normalize(u).flatten(1)
+    assert torch.allclose(z.mean(1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(z.var(1, unbiased=False), torch.ones(5), atol=1e-3)
+
+
+def test_group_norm_projection_scales_whole_groups_and_keeps_the_function():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 8, 3, bias=False)
+    net = nn.Sequential(conv, make_norm("group", 8, conv, groups=2))
+    x = torch.randn(4, 3, 6, 6)
+    with torch.no_grad():
+        conv.weight.mul_(torch.linspace(0.2, 3, 8).view(8, 1, 1, 1))  # rows of unequal norm
+        before = net(x)
+        project_(net)
+        rows = conv.weight.flatten(1).norm(dim=1) ** 2
+        assert torch.allclose(rows.view(2, 4).sum(1), torch.full((2,), 4.0), atol=1e-5)
+        assert torch.allclose(net(x), before, atol=1e-4)  # scale-invariant per group (up to eps)
+        # rescaling one channel alone (the per-channel projection) would change the output
+        conv.weight[0].mul_(3)
+        assert not torch.allclose(net(x), before, atol=1e-3)
+
+
+def test_group_norm_cannot_be_folded_and_carries_noise():
+    conv = nn.Conv2d(1, 4, 3, bias=False)
+    net = nn.Sequential(conv, make_norm("group", 4, conv, groups=2))
+    with pytest.raises(ValueError, match="cannot be folded"):
+        fold(net)
+    add_noise(net, "bayes", sigma_s=0.2)
+    x = torch.randn(2, 1, 5, 5)
+    torch.manual_seed(0)
+    assert not torch.allclose(net.train()(x), net.train()(x))  # sampled scales
+    assert torch.equal(net.eval()(x), net.eval()(x))
+    assert kl_divergence(net) > 0

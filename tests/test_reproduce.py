@@ -1,6 +1,8 @@
 """Every experiment of `stochnorm reproduce` end to end in its demo profile on tiny settings,
 plus the lab's caching and the verdict logic."""
 
+import contextlib
+import io
 import json
 import re
 
@@ -8,22 +10,32 @@ import pytest
 
 from stochnorm.cli import main
 from stochnorm.experiments import Lab, registry
-from stochnorm.experiments.base import FAILS, HOLDS, INCONCLUSIVE, combine, compare
+from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE, combine, compare
 
 TINY = ["--width", "0.1", "--subset", "0.005", "--epochs", "2", "--eval-train-size", "50",
         "--eval-size", "500", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def shared_out(tmp_path_factory):
-    """One output directory for all experiments, so that runs they share are trained once."""
-    return tmp_path_factory.mktemp("reproduce")
+def reproduced(tmp_path_factory):
+    """Every experiment reproduced once into one output directory (runs they share are
+    trained once), and what the command printed; each test that reads them can run alone."""
+    out = tmp_path_factory.mktemp("reproduce")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["reproduce", "all", "--profile", "demo", "--out", str(out), *TINY]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture
+def shared_out(reproduced):
+    return reproduced[0]
 
 
 @pytest.mark.parametrize("name", list(registry()))
-def test_experiment_runs_in_demo_profile(name, shared_out, capsys):
-    assert main(["reproduce", name, "--profile", "demo", "--out", str(shared_out), *TINY]) == 0
-    printed = capsys.readouterr().out
+def test_experiment_runs_in_demo_profile(name, reproduced):
+    shared_out, printed = reproduced
+    printed = printed.split(f"{name} (")[1].split("\n  ")[0]
     record = json.loads((shared_out / name / "result.json").read_text())
     assert record["verdict"]["status"] in (HOLDS, FAILS, INCONCLUSIVE)
     assert record["verdict"]["status"] in printed and record["verdict"]["summary"]
@@ -132,7 +144,7 @@ def test_verdicts_compare_the_margin_with_the_noise():
 
 def test_reproduction_report_lists_every_result(shared_out, tmp_path):
     results = sorted(shared_out.glob("*/result.json"))
-    assert results, "run after the experiments"
+    assert len(results) == len(registry())
     out = tmp_path / "REPRODUCTION.md"
     assert main(["report", "--reproduction", str(shared_out), "--out", str(out)]) == 0
     text = out.read_text()

@@ -44,16 +44,26 @@ def _window_out(size, kernel, stride, padding, dilation=1, ceil_mode=False) -> t
     return tuple(out)
 
 
-class MomentPropagation:
-    """A forward pre-hook that propagates input moments through `model` in training mode.
+class MomentPropagation(nn.Module):
+    """Propagates input moments through `model` before every training forward (a forward
+    pre-hook of the model), so that each AnalyticNorm sees the moments of its layer's output.
 
-    `input_mean`, `input_var`: per-channel moments of the (standardized, augmented) training inputs,
-    [C] or scalars. `input_patches`: optionally the mean [D] and covariance [D, D] of the input
-    patches seen by the first conv (see `patch_moments`); its output moments are then exact instead
-    of assuming independent inputs. `pool_correlation`: "full" (pooled values perfectly correlated:
-    the variance is unchanged by average pooling, our default) or "none" (independent: the variance
-    is divided by the window size).
+    A submodule of the model it serves (`model.moment_propagation`, see `attach`), holding
+    the data's statistics as buffers that travel in the model's `state_dict`: `input_mean`,
+    `input_var`, the per-channel moments of the (standardized, augmented) training inputs
+    ([C], or [1] for one value broadcast to every channel), and optionally `patch_mean` [D],
+    `patch_cov` [D, D], those of the input patches seen by the first conv/linear (see
+    `patch_moments`), whose output moments are then exact instead of assuming independent
+    inputs. `pool_correlation`: "full" (pooled values perfectly correlated: the variance is
+    unchanged by average pooling, our default) or "none" (independent: the variance is
+    divided by the window size).
+
+    The model's graph is traced once, at construction, with normalizations as leaves. When
+    the model is an `nn.Sequential`, whose forward calls every child, this module is called
+    last and returns its input unchanged.
     """
+
+    _version = 1
 
     def __init__(
         self,
@@ -63,20 +73,66 @@ class MomentPropagation:
         pool_correlation: str = "full",
         input_patches: tuple[Tensor, Tensor] | None = None,
     ) -> None:
+        super().__init__()
         moments.average_pool(torch.zeros(1), torch.ones(1), 1, pool_correlation)  # validates
         self.graph = _Tracer().trace(model)
         self.pool_correlation = pool_correlation
-        self.set_input_moments(input_mean, input_var)
-        self.input_patches = input_patches
+        self.register_buffer("input_mean", torch.zeros(1))
+        self.register_buffer("input_var", torch.ones(1))
+        self.register_buffer("patch_mean", None)
+        self.register_buffer("patch_cov", None)
+        # True when loaded from a checkpoint written before these buffers existed (it holds
+        # the normalizations' statistics but not the input moments: see `needs_input_moments`)
+        self.needs_input_moments = False
+        self.set_input_moments(input_mean, input_var, input_patches)
 
-    def set_input_moments(self, mean: Tensor | float, var: Tensor | float) -> None:
-        self.input_mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        self.input_var = torch.as_tensor(var, dtype=torch.float32).flatten()
+    @property
+    def input_patches(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.patch_mean is None else (self.patch_mean, self.patch_cov)
 
-    def __call__(self, model: nn.Module, args: tuple) -> None:
+    def set_input_moments(
+        self,
+        mean: Tensor | float,
+        var: Tensor | float,
+        patches: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        """Replace the input moments (and the first layer's patch moments, None: drop them)."""
+        device = self.input_mean.device
+        self.input_mean = torch.as_tensor(mean, dtype=torch.float32).flatten().to(device)
+        self.input_var = torch.as_tensor(var, dtype=torch.float32).flatten().to(device)
+        if patches is None:
+            self.patch_mean = self.patch_cov = None
+        else:
+            self.patch_mean, self.patch_cov = (t.detach().to(device) for t in patches)
+        self.needs_input_moments = False
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *args):
+        names = ("input_mean", "input_var", "patch_mean", "patch_cov")
+        if local_metadata.get("version") is None and prefix + "input_mean" not in state_dict:
+            # a checkpoint from before this module kept its moments in the state dict
+            self.needs_input_moments = True
+            return
+        for name in names:  # buffers take the saved shapes (channels, patch size)
+            saved = state_dict.get(prefix + name)
+            if saved is not None and (getattr(self, name) is None or
+                                      getattr(self, name).shape != saved.shape):  # fmt: skip
+                setattr(self, name, torch.empty_like(saved, device=self.input_mean.device))
+        if prefix + "patch_mean" not in state_dict:
+            self.patch_mean = self.patch_cov = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, *args)
+
+    def before_forward(self, model: nn.Module, args: tuple) -> None:
+        """The forward pre-hook of `model`: propagate in training mode."""
         if model.training:
             x = args[0]
             self.propagate(model, channels=x.shape[1], size=tuple(x.shape[2:]))
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+    def extra_repr(self) -> str:
+        patches = ", exact first layer" if self.patch_mean is not None else ""
+        return f"input channels={self.input_mean.numel()}{patches}, pool_correlation={self.pool_correlation}"
 
     def propagate(
         self, model: nn.Module, channels: int, size: tuple[int, ...]
@@ -86,6 +142,12 @@ class MomentPropagation:
         param = next(model.parameters())
         mean = self.input_mean.to(param).expand(channels)
         var = self.input_var.to(param).expand(channels)
+        if self.needs_input_moments:
+            raise RuntimeError(
+                "analytic normalization: this model was loaded from a checkpoint that does not "
+                "hold the input moments; set them with stochnorm.analytic.attach (or load the "
+                "run with stochnorm.load_run, which measures them on its data)"
+            )
         env: dict[fx.Node, State | None] = {}
         for node in self.graph.nodes:
             if node.op == "placeholder":
@@ -216,6 +278,24 @@ def patch_moments(x: Tensor, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
     return mean.float(), cov.float()
 
 
+def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(name, module) of the conv/linear layer that reads the model's input directly (the
+    layer whose patch moments `patch_moments` measures), or None when the first operation on
+    the input is something else."""
+    graph = _Tracer().trace(model)
+    for node in graph.nodes:
+        if node.op == "call_module":
+            source = node.args[0] if node.args else None
+            module = model.get_submodule(node.target)
+            if (
+                isinstance(source, fx.Node)
+                and source.op == "placeholder"
+                and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+            ):
+                return node.target, module
+    return None
+
+
 def attach(
     model: nn.Module,
     input_mean: Tensor | float = 0.0,
@@ -226,28 +306,37 @@ def attach(
     pool_correlation: str = "full",
     input_patches: tuple[Tensor, Tensor] | None = None,
 ) -> MomentPropagation:
-    """Make the AnalyticNorm layers of `model` work: register a `MomentPropagation` as a
-    forward pre-hook (replacing one attached before) and, when `channels` and `size` of the
-    input are given, run it once so the evaluation statistics are set from the start."""
+    """Make the AnalyticNorm layers of `model` work: register a `MomentPropagation` as the
+    submodule `model.moment_propagation` and as a forward pre-hook (replacing one attached
+    before) and, when `channels` and `size` of the input are given, run it once so the
+    evaluation statistics are set from the start."""
     detach(model)
     propagation = MomentPropagation(model, input_mean, input_var, pool_correlation, input_patches)
-    model.register_forward_pre_hook(propagation)
+    param = next(model.parameters(), None)
+    if param is not None:
+        propagation.to(param.device)
+    model.add_module(PROPAGATION, propagation)
+    handle = model.register_forward_pre_hook(propagation.before_forward)
+    propagation._hook_id = handle.id
     if channels is not None and size is not None:
         with torch.no_grad():
             propagation.propagate(model, channels, size)
     return propagation
 
 
+PROPAGATION = "moment_propagation"  # the submodule's name in the model it serves
+
+
 def propagation_of(model: nn.Module) -> MomentPropagation | None:
     """The MomentPropagation attached to `model`, if any."""
-    for hook in model._forward_pre_hooks.values():
-        if isinstance(hook, MomentPropagation):
-            return hook
-    return None
+    found = getattr(model, PROPAGATION, None)
+    return found if isinstance(found, MomentPropagation) else None
 
 
 def detach(model: nn.Module) -> None:
     """Remove the moment propagation from `model` (as `fold` does)."""
-    for key, hook in list(model._forward_pre_hooks.items()):
-        if isinstance(hook, MomentPropagation):
-            del model._forward_pre_hooks[key]
+    propagation = propagation_of(model)
+    if propagation is None:
+        return
+    model._forward_pre_hooks.pop(getattr(propagation, "_hook_id", None), None)
+    delattr(model, PROPAGATION)

@@ -7,15 +7,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import data
+from .checkpoint import load_json, save_json
 from .config import PROFILES, TrainConfig
+from .demo import demo
+from .diagnostics import analytic_statistics, independence_error
 from .errors import ConfigError, StochnormError
+from .evaluation import evaluate_run, load_run, measure_bn_noise
+from .experiments import PAPERS, Lab, registry, reproduce
+from .experiments.parallel import planned_runs, train_in_parallel
+from .lr_search import lr_find
+from .plots import plot_bn_noise
+from .provenance import provenance
+from .report import write_report, write_reproduction_report
+from .runs import RunDir
+from .train import build_model, prepare_data, train, training_inputs
 
 CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
-    "--norm": (
-        "norm", str, "normalization after every conv: none, batch, weight, analytic, population",
+    "--model": (
+        "model", str,
+        "allcnn (All-CNN-C, default), resnet20, or your own factory package.module:function "
+        "(called with in_channels=, num_classes=; its batch norms are converted to --norm)",
     ),
-    "--width": ("width", float, "channel multiplier of All-CNN-C (1 = the paper's network)"),
+    "--norm": (
+        "norm", str,
+        "normalization after every conv: none, batch, weight, analytic, population, group, layer",
+    ),
+    "--groups": ("groups", int, "group norm: number of groups G (32; gcd(C, G) where G does not divide C)"),
+    "--width": ("width", float, "channel multiplier of the registered models (1 = the paper's All-CNN-C)"),
     "--padding": (
         "padding", int, "zero padding of the first six convs (1 = Springenberg's All-CNN-C)",
     ),
@@ -121,8 +141,6 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
     values.update({field: getattr(args, field) for field, _ in SWITCHES.values()})
     if getattr(args, "noise_from", None):
-        from .checkpoint import load_json
-
         summary = load_json(Path(args.noise_from)).get("summary", {})
         if "sigma_v" not in summary:
             raise ConfigError(
@@ -137,8 +155,6 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .runs import RunDir
-    from .train import train
 
     if args.resume:
         if args.out is None:
@@ -173,8 +189,6 @@ def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_run
-
     result = evaluate_run(
         args.run_dir, samples=tuple(args.samples), seed=args.seed,
         robustness_size=args.robustness_size, device=args.device,
@@ -190,8 +204,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from .checkpoint import save_json
-    from .lr_search import lr_find
 
     cfg = _config(args)
     result = lr_find(
@@ -209,12 +221,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .runs import RunDir
 
     if args.reproduction:
-        from .report import write_reproduction_report
-
         out = Path(args.out if args.out != "report" else "results/REPRODUCTION.md")
         print(write_reproduction_report([Path(p) for p in args.run_dirs], out))
         return 0
@@ -224,12 +232,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 # Settings a user may change for every run of an experiment (the experiment sets the rest).
-REPRODUCE_FLAGS = ("--dataset", "--width", "--padding", "--subset", "--epochs",
+REPRODUCE_FLAGS = ("--dataset", "--model", "--width", "--padding", "--subset", "--epochs",
                    "--lr-decay-epochs", "--eval-train-size", "--eval-size", "--eval-batch-size")  # fmt: skip
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments import PAPERS, Lab, registry, reproduce
 
     experiments = registry()
     if args.list or not args.name:
@@ -254,8 +261,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.no_progress, lr_search=args.lr_search,
     )  # fmt: skip
     if args.jobs > 1:
-        from .experiments.parallel import planned_runs, train_in_parallel
-
         labels = planned_runs([experiments[name] for name in names])
         print(f"training {len(labels)} runs in {args.jobs} processes: {', '.join(labels)}")
         train_in_parallel(lab, labels, args.jobs)
@@ -269,16 +274,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import demo
 
     return demo(Path(args.out), device=args.device, progress=not args.no_progress)
 
 
 def _cmd_an_stats(args: argparse.Namespace) -> int:
-    from .checkpoint import save_json
-    from .diagnostics import analytic_statistics, independence_error
-    from .provenance import provenance
-    from .train import build_model, load_run, prepare_data, training_inputs
 
     if args.run:
         cfg, data, model = load_run(args.run)
@@ -331,10 +331,6 @@ def _cmd_an_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_bn_noise(args: argparse.Namespace) -> int:
-    from .checkpoint import save_json
-    from .diagnostics import measure_bn_noise
-    from .plots import plot_bn_noise
-    from .provenance import provenance
 
     found = measure_bn_noise(
         args.run, tuple(args.batch_sizes), batches=args.batches, seed=args.seed
@@ -363,7 +359,6 @@ def _cmd_bn_noise(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from . import data
 
     reader = data.reader(args.name)
     where = reader.locate()
@@ -384,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train All-CNN-C and write a run directory")
+    p = sub.add_parser("train", help="train a model and write a run directory")
     _add_config_flags(p)
     p.add_argument("--out", help="run directory (default runs/PROFILE-DATASET-NORM-seedN)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")

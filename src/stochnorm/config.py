@@ -11,12 +11,18 @@ from typing import Any
 
 from .data import Dataset
 from .errors import ConfigError
-from .norms import Norm
+from .models import check_model_name
+from .norms import DEFAULT_GROUPS, Norm
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (main paper, appendix A.1 protocol).
+
+    `model`: a registered model ("allcnn", "resnet20") or a user's factory
+    "package.module:function" (see `stochnorm.models`); `width` and `padding` size the
+    registered models. `groups`: group norm's number of groups G (Wu & He's 32; a layer whose
+    channel count G does not divide uses gcd(C, G)).
 
     The learning rate in epoch k (from 0) is `lr * gamma**k`, with gamma such that the rate has
     fallen to 0.1 * lr after `lr_decay_epochs` epochs (the paper: 600 of 1200). `project` keeps
@@ -39,7 +45,9 @@ class TrainConfig:
     """
 
     dataset: str = Dataset.FASHION_MNIST.value
+    model: str = "allcnn"
     norm: str = Norm.BATCH.value
+    groups: int = DEFAULT_GROUPS
     width: float = 1 / 3
     padding: int = 1
     subset: float = 1.0
@@ -77,6 +85,8 @@ class TrainConfig:
 
         object.__setattr__(self, "dataset", Dataset.parse(self.dataset).value)
         object.__setattr__(self, "norm", Norm.parse(self.norm).value)
+        check_model_name(self.model)
+        need(self.groups >= 1, f"groups must be >= 1, got {self.groups}")
         need(math.isfinite(self.width) and self.width > 0, f"width must be > 0, got {self.width}")
         need(self.padding >= 0, f"padding must be >= 0, got {self.padding}")
         need(0 < self.subset <= 1, f"subset must be in (0, 1], got {self.subset}")

@@ -14,7 +14,15 @@ from torch import fx, nn
 
 from . import analytic
 from .bayes import add_noise
-from .norms import BatchNorm, Norm, _Normalization, make_norm, out_features
+from .norms import (
+    DEFAULT_GROUPS,
+    BatchNorm,
+    GroupNorm,
+    Norm,
+    _Normalization,
+    make_norm,
+    out_features,
+)
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, _Normalization)
@@ -54,13 +62,15 @@ def convert(
     *,
     input_mean: torch.Tensor | float = 0.0,
     input_var: torch.Tensor | float = 1.0,
+    groups: int = DEFAULT_GROUPS,
     **noise_options,
 ) -> nn.Module:
     """A copy of `model` in which every batch normalization (PyTorch's or stochnorm's) that
     follows a conv/linear layer becomes the normalization `norm`, bound to that layer. The
     affine parameters (s, b) are copied; BN's running statistics are kept where the new
     normalization has them. For `norm="analytic"`, moments are propagated from the given
-    per-channel input moments (defaults: standardized inputs). `norm="none"` is `fold`.
+    per-channel input moments (defaults: standardized inputs); `groups` is group norm's G.
+    `norm="none"` is `fold`.
     `noise` ("bn-like" or "bayes") adds noise after every new normalization, with
     `noise_options` passed to `stochnorm.bayes.add_noise`.
     """
@@ -74,7 +84,7 @@ def convert(
     for layer_name, norm_name in pairs:
         layer, old = new.get_submodule(layer_name), new.get_submodule(norm_name)
         factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-        replacement = make_norm(norm, out_features(layer), layer, **factory)
+        replacement = make_norm(norm, out_features(layer), layer, groups=groups, **factory)
         with torch.no_grad():
             for name in ("weight", "bias"):  # absent when BN has affine=False
                 source = getattr(old, name)
@@ -91,6 +101,8 @@ def convert(
         _set_submodule(new, norm_name, replacement)
     if norm is Norm.ANALYTIC:
         analytic.attach(new, input_mean, input_var)
+    else:
+        analytic.detach(new)
     if noise is not None:
         add_noise(new, noise, **noise_options)
     return new
@@ -121,6 +133,11 @@ def fold(model: nn.Module) -> nn.Module:
     new = copy.deepcopy(model).eval()
     for layer_name, norm_name in _layer_norm_pairs(new):
         layer, norm = new.get_submodule(layer_name), new.get_submodule(norm_name)
+        if isinstance(norm, GroupNorm):
+            raise ValueError(
+                f"fold: {norm_name} is a {type(norm).__name__}, which normalizes each sample by "
+                "its own statistics; it cannot be folded into the layer in front"
+            )
         if isinstance(norm, _Normalization):
             mu, sigma = _eval_statistics(norm, layer)
             scale, shift = norm.weight, norm.bias

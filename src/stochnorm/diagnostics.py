@@ -1,4 +1,7 @@
-"""Measurements on trained or freshly initialized networks."""
+"""Measurements on a network in hand (trained or freshly initialized): batch norm's
+randomness, analytic norm's estimated statistics, the signal by depth, the step sizes of
+the scales, batch dependence and the independence error of the moment rules. The run-level
+tasks that load a run directory first live in `stochnorm.evaluation`."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import data as datasets
-from .norms import AnalyticNorm, normalizations
+from .norms import AnalyticNorm, BatchNorm, normalizations
+from .norms import gamma_decay as scale_penalty
+from .stats import chi2_cdf, ks_statistic, loglog_fit
 
 
 @torch.no_grad()
@@ -108,8 +113,6 @@ def bn_noise(
 
     The model is not changed (running statistics are restored).
     """
-    from .norms import BatchNorm
-
     layers = [m for m in model.modules() if isinstance(m, BatchNorm)]
     if not layers:
         raise ValueError("the model has no batch normalization")
@@ -180,28 +183,6 @@ def bn_noise(
     return result
 
 
-def chi2_cdf(x: Tensor, dof: float) -> Tensor:
-    """CDF of the chi-square distribution with `dof` degrees of freedom."""
-    return torch.special.gammainc(torch.as_tensor(dof / 2, dtype=x.dtype), x / 2)
-
-
-def ks_statistic(samples: Tensor, cdf) -> float:
-    """Kolmogorov-Smirnov distance between the empirical CDF of `samples` and `cdf`."""
-    x, _ = samples.double().sort()
-    f = cdf(x)
-    n = len(x)
-    upper = torch.arange(1, n + 1, dtype=torch.float64) / n - f
-    lower = f - torch.arange(0, n, dtype=torch.float64) / n
-    return torch.maximum(upper, lower).max().item()
-
-
-def _slope(x: list[float], y: list[float]) -> float:
-    """Least-squares slope of log y against log x."""
-    lx, ly = torch.tensor(x, dtype=torch.float64).log(), torch.tensor(y, dtype=torch.float64).log()
-    lx = lx - lx.mean()
-    return ((lx * (ly - ly.mean())).sum() / (lx * lx).sum()).item()
-
-
 def summarize_bn_noise(result: dict[str, Any], batch_size: int = 32) -> dict[str, Any]:
     """Per layer at the training batch size: sigma_V, sigma_U, the KS distance of
     n S^2 / sigma^2 to chi^2(n - 1), and the log-log slope of the BN output variance
@@ -221,7 +202,7 @@ def summarize_bn_noise(result: dict[str, Any], batch_size: int = 32) -> dict[str
             "sigma_v": at_k["sigma_v"],
             "sigma_u": at_k["sigma_u"],
             "chi2_ks": ks_statistic(torch.tensor(at_k["chi2"]), lambda x, n=at_k["n"]: chi2_cdf(x, n - 1)),
-            "var_vs_k_slope": _slope(ks, [e["output_var"] for e in layer["per_batch_size"]]),
+            "var_vs_k_slope": loglog_fit(ks, [e["output_var"] for e in layer["per_batch_size"]])[0],
         })  # fmt: skip
     z = [r["spatial"] for r in rows]
     var_k = [batch_size * at(layer, batch_size)["output_var"] for layer in result["layers"]]
@@ -229,22 +210,10 @@ def summarize_bn_noise(result: dict[str, Any], batch_size: int = 32) -> dict[str
     return {
         "batch_size": batch_size,
         "layers": rows,
-        "var_times_k_vs_z_slope": _slope(z, var_k) if distinct else None,
+        "var_times_k_vs_z_slope": loglog_fit(z, var_k)[0] if distinct else None,
         "sigma_v": [r["sigma_v"] for r in rows],
         "sigma_u": [r["sigma_u"] for r in rows],
     }
-
-
-def chi2_quantile(p: Tensor, dof: float, iterations: int = 80) -> Tensor:
-    """Quantiles of chi^2(dof) at probabilities `p`, by bisection on `chi2_cdf`."""
-    p = p.double()
-    lo = torch.zeros_like(p)
-    hi = torch.full_like(p, dof + 40 * (2 * dof) ** 0.5 + 40)
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        below = chi2_cdf(mid, dof) < p
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    return (lo + hi) / 2
 
 
 def _rms(t: Tensor) -> float:
@@ -274,7 +243,7 @@ def layer_signal(
     The gradients of this batch are left in `.grad` (earlier ones are discarded), so that
     `sgd_step_` can follow them."""
     if loss_fn is None:
-        from .evaluation import nll_loss as loss_fn
+        loss_fn = F.nll_loss
     layers = [
         (name, m)
         for name, m in model.named_modules()
@@ -351,8 +320,6 @@ def scale_step_sizes(
     Nothing is stepped; the running statistics that train mode updates (batch and
     population norm) evolve over the batches as in training and are restored afterwards.
     """
-    from .norms import gamma_decay as scale_penalty
-
     layers = normalizations(model)
     if not layers:
         raise ValueError("the model has no normalization layer")
@@ -447,40 +414,6 @@ def batch_dependence(
     return rows
 
 
-def measure_bn_noise(
-    path,
-    batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256),
-    *,
-    batches: int = 40,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """`bn_noise` and `summarize_bn_noise` of the trained batch-norm run in directory `path`
-    (main paper section 3.1, Fig. 4), measured on the CPU as `stochnorm diagnose bn-noise`
-    does, at the run's training batch size.
-
-    Returns {"run", "summary", "measurements"}; the n S^2 / sigma^2 samples are kept only at
-    the training batch size (all that the summary and `plots.plot_bn_noise` use). Raises
-    ConfigError if the run has no batch norm or `batch_sizes` lacks its batch size.
-    """
-    from .errors import ConfigError
-    from .train import load_run
-
-    cfg, data, model = load_run(path)
-    if cfg.norm != "batch":
-        raise ConfigError(f"{path} was trained with norm={cfg.norm}; bn-noise needs batch")
-    if cfg.batch_size not in batch_sizes:
-        raise ConfigError(
-            f"batch sizes {list(batch_sizes)} must include the run's batch size {cfg.batch_size}"
-        )
-    result = bn_noise(model, data, tuple(batch_sizes), batches=batches, seed=seed)
-    summary = summarize_bn_noise(result, cfg.batch_size)
-    for layer in result["layers"]:
-        for entry in layer["per_batch_size"]:
-            if entry["k"] != cfg.batch_size:
-                entry.pop("chi2")
-    return {"run": str(path), "summary": summary, "measurements": result}
-
-
 def independence_error(
     model: nn.Module, x: Tensor, *, batch_size: int = 500, max_rows: int = 200_000
 ) -> list[dict[str, Any]]:
@@ -496,8 +429,6 @@ def independence_error(
     kernel offset ("channel": cross-channel correlations only). 1 means the assumption
     costs nothing; below 1 the rule underestimates the std.
     """
-    from torch.nn import functional as F
-
     bound = [(n, n.layer) for n in normalizations(model) if n.layer is not None]
     if not bound:
         raise ValueError("the model has no normalization bound to a conv/linear layer")

@@ -1,180 +1,58 @@
-"""Predictions of a trained model on a whole split, and the metrics computed from them."""
+"""Run-level tasks on a finished run directory: load its trained model, evaluate it
+(`stochnorm evaluate`) and diagnose it (`stochnorm diagnose`). The predictions and
+measurements themselves live in `stochnorm.prediction` and `stochnorm.diagnostics`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import nn
 
-from . import metrics
-from .bayes import predict, predict_running
-from .data import Split
-
-
-def predict_probs(
-    model: nn.Module,
-    data: Split,
-    *,
-    samples: int = 0,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Class probabilities [N, C] of the eval-mode model on `data` (on the CPU): the single
-    pass with mean parameters, or the MC average over `samples` noisy passes."""
-    probs = predict(model, data.x.to(device), samples, generator=generator, batch_size=batch_size)
-    return probs.cpu()
+from . import data as datasets
+from .checkpoint import save_json
+from .config import TrainConfig
+from .diagnostics import bn_noise, summarize_bn_noise
+from .errors import ConfigError
+from .noise import noise_modules
+from .plots import plot_error_coverage, plot_robustness
+from .prediction import fgsm_robustness, learned_noise, noise_robustness, uncertainty_report
+from .provenance import provenance
+from .runs import RunDir
+from .train import final_metrics, load_model_state, make_model, prepare_data, resolve_device
 
 
-def uncertainty_report(
-    model: nn.Module,
-    data: Split,
-    *,
-    samples: tuple[int, ...] = (10, 30),
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    points: int = 100,
-) -> dict[str, dict]:
-    """Per prediction mode ("single" and "mc{K}" for each K in `samples`): accuracy, NLL,
-    ECE, Brier, and the error-vs-coverage curves rejecting by predictive entropy and by
-    max probability with their AURC (main paper Table 1 and Fig. A.3). Curves are kept at
-    `points` coverages k / points. The MC averages share one sequence of sampled passes
-    (`predict_running`): MC-10 averages the first 10 of MC-30's passes."""
-    modes = {"single": 0, **{f"mc{k}": k for k in samples if k > 1}}
-    g = torch.Generator(device=device).manual_seed(seed)
-    predicted = predict_running(
-        model, data.x.to(device), list(modes.values()), generator=g, batch_size=batch_size
-    )
-    report = {}
-    for name, k in modes.items():
-        probs = predicted[k].cpu()
-        entry = metrics.summary(probs, data.y)
-        for score in ("entropy", "max-prob"):
-            coverage, error = metrics.error_coverage(probs, data.y, score)
-            entry[f"aurc_{score}"] = error.mean().item()
-            idx = (torch.arange(1, points + 1) * len(coverage) // points - 1).clamp_min(0)
-            entry[f"curve_{score}"] = {
-                "coverage": coverage[idx].tolist(),
-                "error": error[idx].tolist(),
-            }
-        report[name] = entry
-    return report
-
-
-def loss_and_accuracy(
-    model: nn.Module, data: Split, *, batch_size: int = 500, device: torch.device | str = "cpu"
-) -> tuple[float, float]:
-    """Mean NLL and accuracy of the eval-mode model on `data`."""
-    probs = predict_probs(model, data, batch_size=batch_size, device=device)
-    return metrics.nll(probs, data.y), metrics.accuracy(probs, data.y)
-
-
-def nll_loss(log_probs: Tensor, labels: Tensor) -> Tensor:
-    """The training loss: mean negative log-likelihood over the batch."""
-    return F.nll_loss(log_probs, labels)
-
-
-def noise_robustness(
-    model: nn.Module,
-    data: Split,
-    stds: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0),
-    *,
-    samples: int = 0,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> list[dict[str, float]]:
-    """Accuracy under additive Gaussian input noise of each std (in the standardized input
-    space), for the single pass (`samples` <= 1) or the MC average (main paper Fig. A.4)."""
-    rows = []
-    for std in stds:
-        g = torch.Generator().manual_seed(seed)
-        noisy = Split(data.x + std * torch.randn(data.x.shape, generator=g), data.y)
-        mc = torch.Generator(device=device).manual_seed(seed) if samples > 1 else None
-        probs = predict_probs(
-            model, noisy, samples=samples, batch_size=batch_size, device=device, generator=mc
-        )
-        rows.append({"std": std, "accuracy": metrics.accuracy(probs, data.y)})
-    return rows
-
-
-def fgsm_robustness(
-    model: nn.Module,
-    data: Split,
-    epsilons: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2),
-    *,
-    samples: int = 0,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> list[dict[str, float]]:
-    """Accuracy under the fast gradient sign attack `x' = x + eps sign(grad_x NLL)` of the
-    deterministic eval-mode model (SPEC section 6), evaluated by the single pass or the MC
-    average (main paper Fig. A.4)."""
-    was_training = model.training
-    model.eval()
-    try:
-        signs = []
-        for start in range(0, len(data), batch_size):
-            x = data.x[start : start + batch_size].to(device).clone().requires_grad_(True)
-            y = data.y[start : start + batch_size].to(device)
-            loss = F.cross_entropy(model(x), y)  # log-probs or logits: same gradient sign
-            (grad,) = torch.autograd.grad(loss, x)
-            signs.append(grad.sign().cpu())
-        sign = torch.cat(signs)
-    finally:
-        model.train(was_training)
-    rows = []
-    for eps in epsilons:
-        mc = torch.Generator(device=device).manual_seed(seed) if samples > 1 else None
-        probs = predict_probs(
-            model, Split(data.x + eps * sign, data.y), samples=samples, batch_size=batch_size,
-            device=device, generator=mc,
-        )  # fmt: skip
-        rows.append({"eps": eps, "accuracy": metrics.accuracy(probs, data.y)})
-    return rows
-
-
-def learned_noise(model: nn.Module) -> list[dict[str, float]]:
-    """Per normalization layer with learned scale noise: the mean over channels of
-    sigma_S / |s| (main paper section 3.5 reports these per layer)."""
-    from .noise import ScaleNoise
-    from .norms import normalizations
-
-    rows = []
-    for i, layer in enumerate(normalizations(model), start=1):
-        if isinstance(layer.noise, ScaleNoise):
-            ratio = layer.noise.sigma_s.expand_as(layer.weight) / layer.weight.abs().clamp_min(
-                1e-12
-            )
-            rows.append({"layer": i, "sigma_s_over_s": ratio.mean().item()})
-    return rows
+def load_run(
+    path: str | Path, *, device: str | torch.device | None = "cpu"
+) -> tuple[TrainConfig, datasets.Splits, nn.Module]:
+    """The configuration, data splits and trained model (from the checkpoint, in eval mode)
+    of the run directory `path`. The model is rebuilt from its configuration and state
+    dict alone (the data gives only its shapes; checkpoints written before analytic norm
+    kept its input moments in the state dict have them measured again)."""
+    run = RunDir(path)
+    cfg = run.config()
+    state = run.checkpoint()
+    data = prepare_data(cfg)
+    model = make_model(cfg, data)
+    load_model_state(model, state["model"], cfg, data)
+    return cfg, data, model.to(resolve_device(device)).eval()
 
 
 def evaluate_run(
-    path,
+    path: str | Path,
     *,
     samples: tuple[int, ...] = (10, 30),
     seed: int = 0,
     robustness_size: int = 0,
     device: torch.device | str = "cpu",
-) -> dict:
+) -> dict[str, Any]:
     """Evaluate the trained run in directory `path` and save `evaluation.json` and
     `error_coverage.png` there (with `robustness_size` > 0 also `robustness.png`): final
     metrics, the uncertainty report on the test set (single pass, and MC-K for each K in
     `samples` when the model has noise; "samples" lists those used, "requested_samples"
-    those asked for), the learned sigma_S / s per layer, and accuracy
-    under Gaussian input noise and FGSM on the first `robustness_size` test images."""
-    from pathlib import Path
-
-    from .checkpoint import save_json
-    from .noise import noise_modules
-    from .plots import plot_error_coverage, plot_robustness
-    from .provenance import provenance
-    from .runs import RunDir
-    from .train import final_metrics, load_run, resolve_device
-
+    those asked for), the learned sigma_S / s per layer, and accuracy under Gaussian input
+    noise and FGSM on the first `robustness_size` test images."""
     device = resolve_device(device)
     out = Path(path)
     cfg, data, model = load_run(out, device=device)
@@ -209,3 +87,34 @@ def evaluate_run(
     save_json(result, RunDir(out).evaluation_path)
     plot_error_coverage({out.name: test}, out / "error_coverage.png")
     return result
+
+
+def measure_bn_noise(
+    path,
+    batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256),
+    *,
+    batches: int = 40,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`bn_noise` and `summarize_bn_noise` of the trained batch-norm run in directory `path`
+    (main paper section 3.1, Fig. 4), measured on the CPU as `stochnorm diagnose bn-noise`
+    does, at the run's training batch size.
+
+    Returns {"run", "summary", "measurements"}; the n S^2 / sigma^2 samples are kept only at
+    the training batch size (all that the summary and `plots.plot_bn_noise` use). Raises
+    ConfigError if the run has no batch norm or `batch_sizes` lacks its batch size.
+    """
+    cfg, data, model = load_run(path)
+    if cfg.norm != "batch":
+        raise ConfigError(f"{path} was trained with norm={cfg.norm}; bn-noise needs batch")
+    if cfg.batch_size not in batch_sizes:
+        raise ConfigError(
+            f"batch sizes {list(batch_sizes)} must include the run's batch size {cfg.batch_size}"
+        )
+    result = bn_noise(model, data, tuple(batch_sizes), batches=batches, seed=seed)
+    summary = summarize_bn_noise(result, cfg.batch_size)
+    for layer in result["layers"]:
+        for entry in layer["per_batch_size"]:
+            if entry["k"] != cfg.batch_size:
+                entry.pop("chi2")
+    return {"run": str(path), "summary": summary, "measurements": result}

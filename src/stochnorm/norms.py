@@ -14,6 +14,8 @@ not a submodule, so parameters are not listed twice.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -31,6 +33,8 @@ class Norm(Option):
     WEIGHT = "weight"  # mu = a (the layer's bias, if any), sigma = ||w||
     ANALYTIC = "analytic"  # mu, sigma propagated from the data's input moments (moments.py)
     POPULATION = "population"  # mu, sigma = running population estimates, also in training
+    GROUP = "group"  # mu, sigma per sample over groups of channels and positions (Wu & He)
+    LAYER = "layer"  # mu, sigma per sample over all channels and positions (group norm, G = 1)
 
 
 def out_features(layer: nn.Module) -> int:
@@ -85,6 +89,10 @@ class _Normalization(nn.Module):
                 ".bind(layer) (models built by stochnorm and convert() do)"
             )
         return self._bound[0]
+
+    # How many consecutive output channels of the layer in front share one scale invariance:
+    # the output does not change when their weights are scaled together (1: each channel).
+    invariant_channels = 1
 
     def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, sigma), each [C], for the layer output `u`."""
@@ -202,13 +210,21 @@ class AnalyticNorm(_Normalization):
     propagating the data's per-channel input moments through the network in closed form
     (`stochnorm.analytic`), from the current weights at every training step and with
     gradients through them. The last estimates are kept as the buffers `mu`, `sigma` and used
-    in evaluation. The output for one sample never depends on the other samples."""
+    in evaluation; until a propagation has set them (buffer `has_statistics`), evaluation
+    raises instead of normalizing with the placeholders. The output for one sample never
+    depends on the other samples."""
+
+    # 2: the buffer has_statistics (state dicts of version 1 always held set statistics:
+    # stochnorm's models propagated once when built)
+    _version = 2
 
     def __init__(self, num_features: int, eps: float = 1e-5, *, device=None, dtype=None) -> None:
         super().__init__(num_features, eps, device=device, dtype=dtype)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.register_buffer("mu", torch.zeros(num_features, **factory_kwargs))
         self.register_buffer("sigma", torch.ones(num_features, **factory_kwargs))
+        self.register_buffer("has_statistics", torch.tensor(False, device=device))
+        self._ready = False  # has_statistics, without reading the tensor on every forward
         self._current: tuple[Tensor, Tensor] | None = None
 
     def set_statistics(self, mean: Tensor, var: Tensor) -> None:
@@ -218,6 +234,17 @@ class AnalyticNorm(_Normalization):
         with torch.no_grad():
             self.mu.copy_(mean)
             self.sigma.copy_(sigma)
+            if not self._ready:
+                self.has_statistics.fill_(True)
+                self._ready = True
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args) -> None:
+        version = local_metadata.get("version")
+        key = prefix + "has_statistics"
+        if (version is None or version < 2) and key not in state_dict:
+            state_dict[key] = torch.tensor(True)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
+        self._ready = bool(self.has_statistics)
 
     def __getstate__(self) -> dict:
         # the propagated statistics belong to one forward pass (and carry its graph)
@@ -225,6 +252,12 @@ class AnalyticNorm(_Normalization):
 
     def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
+            if not self._ready:
+                raise RuntimeError(
+                    "AnalyticNorm has no statistics yet: run one training forward (or "
+                    "stochnorm.analytic.attach with the input's channels and size) before "
+                    "evaluating, folding or exporting the model"
+                )
             return self.mu, self.sigma
         if self._current is None:
             raise RuntimeError(
@@ -291,6 +324,63 @@ class PopulationNorm(BatchNorm):
         return f"{super().extra_repr()}, gradient={self.gradient}"
 
 
+class GroupNorm(_Normalization):
+    """Group normalization (Wu & He, 2018), the batch-independent normalization practitioners
+    use at small batches: the C channels are split into `groups` groups of consecutive
+    channels and every sample is normalized by the mean and biased variance over its own
+    group's channels and positions, then `s`, `b` per channel. Computes what
+    `torch.nn.GroupNorm` computes, in training and evaluation alike.
+
+    `groups` is Wu & He's G (their default 32); a layer whose C it does not divide uses
+    gcd(C, groups) groups, so every width works (G = 1 is layer norm over C, H, W). The output
+    is invariant to scaling the weights of a whole group of the conv in front (not of one
+    channel): projection scales each group of C / G rows to ||w|| = sqrt(C / G).
+    """
+
+    def __init__(
+        self, num_features: int, groups: int = 32, eps: float = 1e-5, *, device=None,
+        dtype=None,
+    ) -> None:  # fmt: skip
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
+        self.groups = math.gcd(num_features, groups)
+        super().__init__(num_features, eps, device=device, dtype=dtype)
+
+    @property
+    def invariant_channels(self) -> int:  # type: ignore[override]
+        return self.num_features // self.groups
+
+    def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(
+            f"{type(self).__name__} normalizes each sample by its own statistics; it has no "
+            "per-channel mu, sigma (and cannot be folded into the layer in front)"
+        )
+
+    def normalize(self, u: Tensor) -> Tensor:
+        return F.group_norm(u, self.groups, None, None, self.eps)
+
+    def forward(self, u: Tensor) -> Tensor:
+        self._check_input(u)
+        if self.noise is not None:
+            return self.noise(self.normalize(u), self.weight, self.bias)
+        return F.group_norm(u, self.groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, groups={self.groups}, eps={self.eps}"
+
+
+class LayerNorm(GroupNorm):
+    """Layer normalization of a conv output as practitioners use it for images: group
+    normalization with one group, each sample normalized over all its channels and
+    positions (Ba et al., 2016; Wu & He's G = 1), then `s`, `b` per channel."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, device=None, dtype=None) -> None:
+        super().__init__(num_features, 1, eps, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
 def gamma_decay(model: nn.Module) -> Tensor:
     """Luo et al.'s explicit regularizer of the scales: the sum of s_c^2 over every channel
     of every normalization in `model`. Their analysis of BN gives a coefficient zeta that
@@ -302,16 +392,21 @@ def gamma_decay(model: nn.Module) -> Tensor:
     return sum(layer.weight.pow(2).sum() for layer in layers)
 
 
+DEFAULT_GROUPS = 32  # Wu & He's default number of groups
+
+
 def make_norm(
-    norm: str | Norm, num_features: int, layer: nn.Module | None = None, *, device=None,
-    dtype=None,
+    norm: str | Norm, num_features: int, layer: nn.Module | None = None, *,
+    groups: int = DEFAULT_GROUPS, device=None, dtype=None,
 ) -> nn.Module:  # fmt: skip
     """The normalization layer `norm` for `num_features` channels, bound to `layer` (the
-    conv/linear in front of it) when given. `Norm.NONE` gives `nn.Identity`."""
+    conv/linear in front of it) when given; `groups` is group norm's G. `Norm.NONE` gives
+    `nn.Identity`."""
     norm = Norm.parse(norm)
     if norm is Norm.NONE:
         return nn.Identity()
-    module = _CLASSES[norm](num_features, device=device, dtype=dtype)
+    options = {"groups": groups} if norm is Norm.GROUP else {}
+    module = _CLASSES[norm](num_features, **options, device=device, dtype=dtype)
     return module.bind(layer) if layer is not None else module
 
 
@@ -331,4 +426,6 @@ _CLASSES: dict[Norm, type[_Normalization]] = {
     Norm.WEIGHT: WeightNorm,
     Norm.ANALYTIC: AnalyticNorm,
     Norm.POPULATION: PopulationNorm,
+    Norm.GROUP: GroupNorm,
+    Norm.LAYER: LayerNorm,
 }

@@ -6,9 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .stats import chi2_quantile  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -96,9 +99,6 @@ def plot_bn_noise(result: Mapping, summary: Mapping, path: Path, qq_layer: int =
     """Main paper Fig. 4 on our network: Q-Q plot of n S^2 / sigma^2 against chi^2(n - 1)
     for one layer at the training batch size; BN output variance against the batch size k
     per layer (log-log, model slope -1); k * variance against the spatial size z."""
-    import torch
-
-    from .diagnostics import chi2_quantile
 
     k0 = summary["batch_size"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))

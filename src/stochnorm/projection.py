@@ -23,10 +23,20 @@ def scale_invariant_weights(model: nn.Module) -> list[nn.Parameter]:
 def project_(model: nn.Module) -> nn.Module:
     """Set `w[o] <- w[o] / ||w[o]||` for every output channel o of every scale-invariant
     weight, in place; returns `model`. The training loop applies it after every optimizer
-    step when asked to (`project=True`), keeping the constraint ||w|| = 1 of section 2."""
-    for weight in scale_invariant_weights(model):
-        norms = weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(weight.dtype).tiny)
-        weight.div_(norms.view((-1,) + (1,) * (weight.ndim - 1)))
+    step when asked to (`project=True`), keeping the constraint ||w|| = 1 of section 2.
+    Where the invariance is shared by k consecutive channels (group norm: k = C / G), each
+    such group of rows is scaled together to ||w_group|| = sqrt(k), i.e. rows of norm 1 on
+    average; k = 1 is the per-channel rule."""
+    seen: set[int] = set()
+    for norm in normalizations(model):
+        layer = norm.layer
+        if layer is None or id(layer.weight) in seen:
+            continue
+        seen.add(id(layer.weight))
+        weight, k = layer.weight, norm.invariant_channels
+        rows = weight.reshape(weight.shape[0] // k, -1)
+        norms = rows.norm(dim=1).clamp_min(torch.finfo(weight.dtype).tiny) / k**0.5
+        weight.copy_((rows / norms[:, None]).view_as(weight))
     return model
 
 

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RunDirError
+from .experiments import PAPERS, load_result, registry
+from .experiments.base import RESULT_FILE
+from .experiments.verdicts import FAILS
 from .plots import plot_curves, plot_error_coverage
 from .runs import RunDir
 
@@ -170,10 +174,6 @@ def write_reproduction_report(
     `result_dirs` (each an experiment directory with result.json, or a directory of them):
     a summary table, the claims our measurement contradicts, and per experiment the
     paper's claim, our figures, numbers, verdict, profile and hardware."""
-    import os
-
-    from .experiments import PAPERS, load_result, registry
-    from .experiments.base import FAILS, RESULT_FILE
 
     files = []
     for d in map(Path, result_dirs):

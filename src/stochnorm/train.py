@@ -1,6 +1,12 @@
 """The one training loop (main paper, appendix A.1): SGD with Nesterov momentum, batch 32,
 learning rate `lr * gamma**epoch`, per-epoch curves, atomic checkpoints and exact resume.
 
+The loop is model-agnostic: `cfg.model` names a registered model or a user's factory
+(`stochnorm.models`), `cfg.dataset` a registered dataset, and what depends on the model
+(the first layer whose input patches analytic norm measures, the layers the data-dependent
+initialization rescales) is found in the built model, with a clear error where it does not
+apply.
+
 Later features plug in through two extension points instead of copies of this loop:
 `after_step` callables run after every optimizer step (e.g. a projection of weights) and
 `loss_terms` callables add to the objective (e.g. a KL term).
@@ -20,16 +26,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import analytic, metrics
+from . import analytic, metrics, models
 from . import data as datasets
 from .bayes import add_noise, elbo_loss_term
 from .checkpoint import save_checkpoint, save_json
 from .config import TrainConfig
-from .errors import RunDirError, StochnormError
-from .evaluation import loss_and_accuracy, nll_loss, predict_probs
+from .errors import ConfigError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
-from .models import AllCNN
 from .norms import Norm, PopulationNorm, gamma_decay, normalizations
+from .plots import plot_curves
+from .prediction import loss_and_accuracy, nll_loss, predict_probs
 from .projection import parameter_groups, project_
 from .provenance import provenance
 from .runs import RunDir
@@ -73,11 +79,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
-    """The untrained All-CNN-C of `cfg` for `data` (PyTorch's default initialization), with
-    the noise modules `cfg.noise` asks for."""
-    model = AllCNN(
-        data.in_channels, data.num_classes, width=cfg.width, norm=cfg.norm, padding=cfg.padding
-    )
+    """The untrained model of `cfg` for `data`'s channels and classes (PyTorch's default
+    initialization), with the noise modules `cfg.noise` asks for. Uses only the shapes of
+    `data`, never its images."""
+    model = models.build(
+        cfg.model, data.in_channels, data.num_classes, norm=cfg.norm, width=cfg.width,
+        padding=cfg.padding, groups=cfg.groups,
+    )  # fmt: skip
     for layer in normalizations(model):
         if isinstance(layer, PopulationNorm):
             layer.gradient = cfg.population_gradient
@@ -90,17 +98,20 @@ def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
 
 
 def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
-    """All-CNN-C for `data`, initialized from `cfg.seed` as in appendix A.1: PyTorch's
-    default init; the data-dependent init on 128 training images for the plain network and
-    weight norm (`data_init`); analytic norm propagates the measured moments of the
-    augmented training inputs; with `project`, weights start on the unit sphere."""
+    """The model of `cfg` for `data`, initialized from `cfg.seed` as in appendix A.1:
+    PyTorch's default init; the data-dependent init on 128 training images for the plain
+    network and weight norm (`data_init`); analytic norm propagates the measured moments of
+    the augmented training inputs; with `project`, weights start on the unit sphere."""
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, data)
     norm = Norm(cfg.norm)
     if norm in (Norm.NONE, Norm.WEIGHT) and cfg.data_init:
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(len(data.train), generator=g)[:128]
-        data_dependent_init_(model, data.train.x[idx])
+        try:
+            data_dependent_init_(model, data.train.x[idx])
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; train {cfg.model} with --no-data-init") from None
     if norm is Norm.ANALYTIC:
         attach_analytic(model, cfg, data)
     if cfg.project:
@@ -110,14 +121,27 @@ def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
 
 def attach_analytic(model: nn.Module, cfg: TrainConfig, data: datasets.Splits) -> None:
     """Give analytic norm the measured moments of the training inputs (per channel, and the
-    first conv's patch covariance when `exact_first_layer`) and set its statistics."""
+    first layer's patch covariance when `exact_first_layer`) and set its statistics."""
     x = training_inputs(data, cfg)
     var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
-    patches = analytic.patch_moments(x, model.layer1.conv) if cfg.exact_first_layer else None
+    patches = first_layer_patches(model, x) if cfg.exact_first_layer else None
     analytic.attach(
         model, mean, var, channels=data.in_channels, size=tuple(x.shape[2:]),
         input_patches=patches,
     )  # fmt: skip
+
+
+def first_layer_patches(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and covariance of the input patches that the model's first layer (a 2-d
+    conv reading the input) sees in the images `x`: analytic norm's exact first layer."""
+    found = analytic.first_layer(model)
+    if found is None or not isinstance(found[1], nn.Conv2d):
+        what = "no conv/linear" if found is None else type(found[1]).__name__
+        raise ConfigError(
+            f"exact_first_layer needs a Conv2d reading the input; this model starts with "
+            f"{what}: train it with --no-exact-first-layer"
+        )
+    return analytic.patch_moments(x, found[1])
 
 
 def training_inputs(data: datasets.Splits, cfg: TrainConfig, count: int = 10_000) -> Tensor:
@@ -168,7 +192,8 @@ def train(
     progress: bool = True,
     evaluate: bool = True,
 ) -> TrainResult:
-    """Train All-CNN-C as `cfg` says; return the model and its metrics (as in metrics.json).
+    """Train `cfg.model` on `cfg.dataset` (or `data`) as `cfg` says; return the model and its
+    metrics (as in metrics.json).
 
     With `out`, the run directory receives config.json, a checkpoint after every epoch,
     metrics.json and curves.png; `resume=True` continues the run found there. Without
@@ -195,7 +220,7 @@ def train(
     history: list[dict[str, float]] = []
     state = run.checkpoint() if run is not None and resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_model_state(model, state["model"], cfg, data)
         history = list(state["history"])
         finished = _finished_metrics(run, len(history))
         if finished is not None:  # nothing left to train: the run stays as it was written
@@ -250,8 +275,6 @@ def train(
     if run is not None:
         save_json(result, run.metrics_path)
         if history:
-            from .plots import plot_curves
-
             plot_curves({run.name: history}, run.curves_path)
     return TrainResult(model, result)
 
@@ -334,20 +357,19 @@ def final_metrics(
     return out
 
 
-def load_run(
-    path: str | Path, *, device: str | torch.device | None = "cpu"
-) -> tuple[TrainConfig, datasets.Splits, nn.Module]:
-    """The configuration, data splits and trained model (from the checkpoint, in eval mode)
-    of the run directory `path`."""
-    run = RunDir(path)
-    cfg = run.config()
-    state = run.checkpoint()
-    data = prepare_data(cfg)
-    model = make_model(cfg, data)
-    if Norm(cfg.norm) is Norm.ANALYTIC:
-        attach_analytic(model, cfg, data)
-    model.load_state_dict(state["model"])
-    return cfg, data, model.to(resolve_device(device)).eval()
+def load_model_state(
+    model: nn.Module, state: dict[str, Tensor], cfg: TrainConfig, data: datasets.Splits
+) -> None:
+    """Load a checkpoint's model `state` into `model` (built from `cfg`). A checkpoint
+    written before analytic norm kept its input moments in the state dict gets them measured
+    on `data` again, as they were measured when its run started."""
+    model.load_state_dict(state)
+    propagation = analytic.propagation_of(model)
+    if propagation is not None and propagation.needs_input_moments:
+        x = training_inputs(data, cfg)
+        var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
+        patches = first_layer_patches(model, x) if cfg.exact_first_layer else None
+        propagation.set_input_moments(mean, var, patches)
 
 
 def _finished_metrics(run: RunDir, epochs_done: int) -> dict[str, Any] | None:

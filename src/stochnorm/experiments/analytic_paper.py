@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib import ticker
 
 from ..diagnostics import analytic_statistics, batch_dependence
-from ..plots import _save
+from ..evaluation import load_run
+from ..plots import _save, plt
 from ..runs import RunDir
-from ..train import build_model, load_run, training_inputs
-from .base import Experiment, Lab, Verdict, combine, compare, device_of
+from ..train import build_model, training_inputs
+from .base import Experiment, Lab, device_of
+from .verdicts import Verdict, combine, compare
 
 # A layer's estimate counts as accurate when sigma_est / sigma_true (mean over channels)
 # lies in [1 / BAND, BAND]: within 25%, symmetric on the log scale.
@@ -91,8 +94,6 @@ class AnalyticStatistics(Experiment):
         }
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
-        from matplotlib import ticker
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for i, stage in enumerate(("init", "trained")):
@@ -175,7 +176,6 @@ class BatchIndependence(Experiment):
         }
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4))
         sizes = numbers["batch_sizes"]

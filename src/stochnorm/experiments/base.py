@@ -1,5 +1,6 @@
 """What every reproduced experiment shares: the lab that trains (or finds already trained)
-the runs an experiment needs, the verdict, and the result file.
+the runs an experiment needs, the experiment's interface, and the result file (verdicts
+are built with `verdicts`, shared runs are named in `cases`).
 
 An experiment is a small object with the paper's claim, a `run(lab)` that returns its
 numbers (plain JSON), a `plot(numbers, out)` and a `verdict(numbers)`. All training goes
@@ -12,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
-import statistics
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,12 @@ import torch
 from ..checkpoint import load_json, save_json
 from ..config import PROFILES, TrainConfig
 from ..errors import ConfigError, RunDirError
+from ..evaluation import evaluate_run
+from ..lr_search import lr_find
 from ..provenance import provenance
 from ..runs import RunDir
-
-HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+from ..train import resolve_device, train
+from .verdicts import Verdict
 
 # Initial learning rates by (norm, projection, noise), found with `stochnorm lr-find
 # --profile quick` (5-epoch trials, results/quick/lr-find-*.json). The demo profile uses
@@ -38,22 +39,6 @@ TABLE_LR: dict[tuple[str, bool, str | None], float] = {
     ("none", False, None): 0.010,
     ("weight", True, None): 0.0042,
     ("analytic", True, None): 0.010,
-}
-
-
-# The runs experiments share, by label (the Makefile's naming: "-proj" projection, "-bayes"
-# learned scale noise with the defaults sigma_s = 0.1, kl_factor = 1). main_noise adds
-# "-bnlike" labels: BN-like noise with the sigmas measured on the BN run.
-RUN_SETTINGS: dict[str, dict[str, Any]] = {
-    "none": {"norm": "none"},
-    "batch": {"norm": "batch"},
-    "batch-proj": {"norm": "batch", "project": True},
-    "weight": {"norm": "weight"},
-    "weight-proj": {"norm": "weight", "project": True},
-    "analytic": {"norm": "analytic"},
-    "analytic-proj": {"norm": "analytic", "project": True},
-    "weight-proj-bayes": {"norm": "weight", "project": True, "noise": "bayes"},
-    "analytic-proj-bayes": {"norm": "analytic", "project": True, "noise": "bayes"},
 }
 
 
@@ -68,67 +53,6 @@ def table_lr(cfg: TrainConfig) -> float:
         if key in TABLE_LR:
             return TABLE_LR[key]
     return 0.01
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """`status`: holds / does not hold / inconclusive; `summary`: the numbers it rests on;
-    `margin`: the measured difference in favour of the claim (None if not one number);
-    `noise`: the spread it was compared against; `parts`: the verdicts of a claim's parts
-    (a combined claim); `notes`: numbers reported beside it that do not count toward it."""
-
-    status: str
-    summary: str
-    margin: float | None = None
-    noise: float | None = None
-    parts: tuple[Verdict, ...] = ()
-    notes: tuple[str, ...] = ()
-
-    def leaves(self) -> list[Verdict]:
-        """The single-part verdicts this one is made of (itself if it has no parts)."""
-        return [leaf for part in self.parts for leaf in part.leaves()] if self.parts else [self]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"status": self.status, "summary": self.summary, "margin": self.margin,
-               "noise": self.noise}  # fmt: skip
-        if self.parts:
-            out["parts"] = [{"status": v.status, "summary": v.summary} for v in self.leaves()]
-        if self.notes:
-            out["notes"] = list(self.notes)
-        return out
-
-
-def compare(margin: float, noise: float, summary: str, *, threshold: float = 0.0) -> Verdict:
-    """The claim "margin > threshold": holds when the margin exceeds it by more than `noise`,
-    does not hold when it falls short by more than `noise`, else inconclusive."""
-    if margin - threshold > noise:
-        status = HOLDS
-    elif margin - threshold < -noise:
-        status = FAILS
-    else:
-        status = INCONCLUSIVE
-    return Verdict(status, summary, margin, noise)
-
-
-def combine(verdicts: Sequence[Verdict]) -> Verdict:
-    """All parts of a claim: holds if every part holds, does not hold if any part fails."""
-    statuses = {v.status for v in verdicts}
-    status = FAILS if FAILS in statuses else HOLDS if statuses == {HOLDS} else INCONCLUSIVE
-    summary = "; ".join(f"{v.summary} [{v.status}]" for v in verdicts)
-    return Verdict(status, summary, parts=tuple(verdicts))
-
-
-def iterate_spread(history: Sequence[dict], key: str, last: int = 10) -> float:
-    """Standard deviation of `key` over the last `last` epochs of one run: the paper's error
-    bar (Fig. A.2 shows seed-to-seed differences fall within it)."""
-    values = [row[key] for row in history[-last:] if key in row]
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def tail_mean(history: Sequence[dict], key: str, last: int = 10) -> float:
-    """Mean of `key` over the last `last` epochs (smooths the iterate noise of the end point)."""
-    values = [row[key] for row in history[-last:] if key in row]
-    return sum(values) / len(values) if values else math.nan
 
 
 def config_key(cfg: TrainConfig) -> str:
@@ -204,8 +128,6 @@ class Lab:
         paper, cached per configuration, or the tabulated rate."""
         if not self.searches_lr:
             return table_lr(cfg)
-        from ..lr_search import lr_find
-
         probe = cfg.replace(lr=TrainConfig.from_profile(cfg.profile).lr)
         found = self._find_lr(probe)
         if found is not None:
@@ -246,8 +168,6 @@ class Lab:
         """The finished run of `cfg` (with the learning rate from `lr` unless `search_lr`
         is False): found in `reuse` or `runs_dir` (complete, or stopped by divergence:
         metrics.json says which), resumed if interrupted, else trained."""
-        from ..train import train
-
         if search_lr:
             cfg = cfg.replace(lr=self.lr(cfg))
         run = self._find(cfg)
@@ -281,8 +201,6 @@ class Lab:
 
     def evaluate(self, run: RunDir, samples: tuple[int, ...] = (10, 30), **kwargs) -> dict:
         """The run's `stochnorm evaluate` result, computed once."""
-        from ..evaluation import evaluate_run
-
         existing = run.evaluation()
         wanted = {"requested_samples": list(samples),
                   "robustness_size": kwargs.get("robustness_size", 0)}  # fmt: skip
@@ -299,7 +217,7 @@ class Experiment:
     paper: ClassVar[str]  # key of PAPERS
     figure: ClassVar[str]  # e.g. "Fig. 1", "Table 1", "Sec. 4.2"
     claim: ClassVar[str]  # the paper's statement, in our words
-    # Labels of the runs it trains (RUN_SETTINGS, or main_noise's "-bnlike" labels) that
+    # Labels of the runs it trains (`cases.run_config` knows them) that
     # `reproduce --jobs` may train in parallel before the experiment starts.
     runs: ClassVar[tuple[str, ...]] = ()
 
@@ -370,6 +288,4 @@ def load_result(path: Path) -> dict[str, Any]:
 
 
 def device_of(lab: Lab) -> torch.device:
-    from ..train import resolve_device
-
     return resolve_device(lab.device)

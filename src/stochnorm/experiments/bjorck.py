@@ -39,18 +39,10 @@ from .. import data as datasets
 from ..diagnostics import layer_signal, sgd_step_
 from ..plots import _save, plt  # pyplot with the Agg backend that plots selects
 from ..runs import RunDir
-from .base import (
-    FAILS,
-    HOLDS,
-    INCONCLUSIVE,
-    Experiment,
-    Lab,
-    Verdict,
-    combine,
-    compare,
-    device_of,
-    iterate_spread,
-)
+from ..stats import iterate_spread, linear_fit, mean_and_error
+from ..train import build_model
+from .base import Experiment, Lab, device_of
+from .verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, combine, compare
 
 NORMS = ("batch", "none")
 CLASSES = 10  # Fashion-MNIST and CIFAR-10 both have ten classes
@@ -59,20 +51,6 @@ CLASSES = 10  # Fashion-MNIST and CIFAR-10 both have ten classes
 def _per_profile(lab: Lab, table: dict[str, Any]) -> Any:
     """The entry of `table` for the lab's profile (the "quick" one for unknown profiles)."""
     return table.get(lab.profile, table["quick"])
-
-
-def fit_slope(x: Sequence[float], y: Sequence[float]) -> float:
-    """Least-squares slope of y against x."""
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxx = sum((a - mx) ** 2 for a in x)
-    return sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sxx
-
-
-def mean_and_error(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for a single value)."""
-    mean = statistics.fmean(values)
-    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return mean, error
 
 
 # --------------------------------------------------------------------------------------
@@ -306,7 +284,7 @@ def activation_slopes(numbers: dict[str, Any], norm: str, step: int) -> list[flo
     slopes = []
     for seed in numbers["nets"][norm]:
         values = activation_growth(seed["init"], seed["after"][step])
-        slopes.append(fit_slope(range(1, len(values) + 1), values))
+        slopes.append(linear_fit(range(1, len(values) + 1), values)[0])
     return slopes
 
 
@@ -382,8 +360,6 @@ class DepthSignal(Experiment):
 
     def run(self, lab: Lab) -> dict[str, Any]:
         steps, inits, batch = _per_profile(lab, DEPTH_SIGNAL)
-        from ..train import build_model
-
         device = device_of(lab)
         cfg0 = lab.config(norm="batch")
         data = datasets.prepare(cfg0.dataset, subset=cfg0.subset, split_seed=cfg0.split_seed)
@@ -572,7 +548,7 @@ class Conditioning(Experiment):
         axes[0].plot(depths, mean / log10, "o-", ms=3, label="mean over chains")
         axes[0].fill_between(depths, (mean - std) / log10, (mean + std) / log10, alpha=0.3,
                              label="+- 1 std")  # fmt: skip
-        slope = fit_slope(depths, mean.tolist())
+        slope = linear_fit(depths, mean.tolist())[0]
         middle, at = statistics.fmean(depths), mean.mean().item()  # the fit's centroid
         theory = numbers["theory_slope"]
         for rate, style, text in ((slope, "k--", f"fit: ln kappa +{slope:.2f} per factor"),
@@ -608,7 +584,7 @@ class Conditioning(Experiment):
         depths = numbers["depths"]
         if len(depths) < 2:
             return Verdict(INCONCLUSIVE, "a slope needs at least two depths")
-        slopes = [fit_slope(depths, chain) for chain in numbers["log_cond"]]
+        slopes = [linear_fit(depths, chain)[0] for chain in numbers["log_cond"]]
         slope, error = mean_and_error(slopes)
         mean_sq = statistics.fmean(row[-1] for row in numbers["mean_sq"])
         return compare(

@@ -22,23 +22,14 @@ import torch
 
 from .. import data as datasets
 from ..diagnostics import scale_step_sizes
-from ..plots import _save, plot_curves
+from ..evaluation import load_run
+from ..plots import _save, plot_curves, plt
 from ..runs import RunDir
-from ..train import augment_batch, build_model, load_run
-from .base import (
-    FAILS,
-    HOLDS,
-    INCONCLUSIVE,
-    Experiment,
-    Lab,
-    Verdict,
-    combine,
-    compare,
-    device_of,
-    iterate_spread,
-    tail_mean,
-)
-from .main_training import run_summary
+from ..stats import iterate_spread, tail_mean
+from ..train import augment_batch, build_model
+from .base import Experiment, Lab, device_of
+from .cases import run_summary
+from .verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, combine, compare
 
 # The coefficient of the Makefile's quick runs (GAMMA_DECAY := 1e-4), so that the run is
 # shared with results/quick; the quick and full profiles also try ten times that.
@@ -215,7 +206,6 @@ def plot_scale_steps(runs: dict[str, Any], path: Path) -> Path:
     """Per layer: the effective learning rate of the scales at initialization and at the end
     of training (log scale, error bars: standard errors over batches), and the RMS of the
     scales at the end, one colour per run."""
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for i, (label, summary) in enumerate(runs.items()):

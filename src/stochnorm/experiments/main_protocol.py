@@ -12,17 +12,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plots import plot_curve_rows, plot_curves, plot_seed_spread
-from .base import (
-    INCONCLUSIVE,
-    Experiment,
-    Lab,
-    Verdict,
-    combine,
-    compare,
-    iterate_spread,
-    tail_mean,
-)
-from .main_training import run_summary, val_acc_verdict
+from ..stats import iterate_spread, tail_mean
+from .base import Experiment, Lab
+from .cases import run_summary
+from .verdicts import INCONCLUSIVE, Verdict, combine, compare, val_acc_verdict
 
 TAIL = 10  # epochs over which end points are averaged (base.tail_mean's default)
 

@@ -7,52 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ..plots import plot_curves
-from ..runs import RunDir
-from .base import (
-    RUN_SETTINGS,
-    Experiment,
-    Lab,
-    Verdict,
-    combine,
-    compare,
-    iterate_spread,
-    tail_mean,
-)
-
-
-def run_summary(run: RunDir) -> dict[str, Any]:
-    """What the experiments keep of a training run: its directory, learning rate, per-epoch
-    history and final metrics."""
-    metrics = run.metrics()
-    return {
-        "run": str(run.path),
-        "lr": metrics["config"]["lr"],
-        "history": metrics["history"],
-        "final": metrics.get("final", {}),
-        "diverged": metrics.get("diverged", False),
-    }
-
-
-def trained_summaries(lab: Lab, labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """`run_summary` of the finished run of each RUN_SETTINGS label, trained if need be."""
-    return {
-        label: run_summary(lab.train(lab.config(**RUN_SETTINGS[label]), label=label))
-        for label in labels
-    }
-
-
-def val_acc_verdict(numbers: dict, better: str, worse: str, last: int = 10) -> Verdict:
-    """The claim "run `better` reaches a higher validation accuracy than `worse`", on the
-    mean of the last `last` epochs against the larger iterate spread of the two."""
-    a, b = numbers[better]["history"], numbers[worse]["history"]
-    margin = tail_mean(a, "val_acc", last) - tail_mean(b, "val_acc", last)
-    noise = max(iterate_spread(a, "val_acc", last), iterate_spread(b, "val_acc", last))
-    return compare(
-        margin, noise,
-        f"val acc {better} {100 * tail_mean(a, 'val_acc', last):.2f}% vs {worse} "
-        f"{100 * tail_mean(b, 'val_acc', last):.2f}% (margin {100 * margin:+.2f}, iterate "
-        f"spread {100 * noise:.2f})",
-    )  # fmt: skip
+from ..stats import tail_mean
+from .base import Experiment, Lab
+from .cases import trained_summaries
+from .verdicts import Verdict, combine, compare, val_acc_verdict
 
 
 class BNGeneralization(Experiment):

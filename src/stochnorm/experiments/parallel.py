@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .base import Experiment, Lab
+from .cases import run_config
 
 
 def planned_runs(experiments: Sequence[Experiment]) -> list[str]:
@@ -25,8 +26,6 @@ def planned_runs(experiments: Sequence[Experiment]) -> list[str]:
 
 
 def _train_label(lab: Lab, label: str, threads: int) -> str:
-    from .main_noise import run_config
-
     torch.set_num_threads(threads)
     return str(lab.train(run_config(lab, label), label=label).path)
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import analytic
 from ..errors import ConfigError
-from ..norms import Norm, make_norm, needs_bias
+from ..norms import DEFAULT_GROUPS, Norm, make_norm, needs_bias
 
 # (output channels, kernel size, stride, padded) of the nine conv layers; the last one has as
 # many outputs as there are classes. The seventh conv is never padded (Springenberg's "valid").
@@ -25,7 +25,7 @@ class AllCNN(nn.Sequential):
 
     Input [B, in_channels, H, W]; output log-probabilities [B, num_classes].
 
-    `width` multiplies every channel count but the last. `padding` is applied to the first
+    `width` multiplies every channel count but the last; `groups` is group norm's G. `padding` is applied to the first
     six convs. The default 1 is Springenberg's model C (global pooling over 6x6 on 32x32
     CIFAR-10, 5x5 on 28x28 Fashion-MNIST). The main paper's Fig. 4 quotes a 2x2 spatial
     size for its "layer 6" on CIFAR-10, which only `padding=0` gives (then 28x28 inputs end
@@ -41,6 +41,7 @@ class AllCNN(nn.Sequential):
         norm: str | Norm = Norm.BATCH,
         padding: int = 1,
         negative_slope: float = 0.01,
+        groups: int = DEFAULT_GROUPS,
     ) -> None:
         if not width > 0:
             raise ConfigError(f"width must be positive, got {width}")
@@ -57,7 +58,7 @@ class AllCNN(nn.Sequential):
             )  # fmt: skip
             block = nn.Sequential()
             block.add_module("conv", conv)
-            block.add_module("norm", make_norm(norm, out, conv))
+            block.add_module("norm", make_norm(norm, out, conv, groups=groups))
             if i < len(LAYERS):
                 block.add_module("act", nn.LeakyReLU(negative_slope))
             blocks[f"layer{i}"] = block

@@ -1,0 +1,139 @@
+"""The runs that several experiments share, by label ("batch", "analytic-proj-bayes",
+"weight-proj-bnlike", ...): their configurations in the lab's profile, the BN noise
+measurement that the BN-like runs copy, and what the experiments keep of a run (its
+summary and evaluation).
+
+Per-profile settings (PROFILE_SETTINGS): the demo profile measures BN noise at 4 batch
+sizes with 10 batches each, draws 2 and 3 MC samples and perturbs 200 test images; quick
+and full use the defaults of `stochnorm diagnose bn-noise` (batch sizes 4 ... 256, 40
+batches, so that the BN-like sigmas equal those of results/bn-noise/bn-noise.json and the
+committed `-bnlike` runs are reused), the paper's MC-10 and MC-30, and 2,000 (quick) or all
+10,000 (full) perturbed test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..checkpoint import load_json, save_json
+from ..config import TrainConfig
+from ..evaluation import measure_bn_noise
+from ..runs import RunDir
+from ..train import prepare_data
+from .base import Lab, config_key, exclusive
+
+# The runs experiments share, by label (the Makefile's naming: "-proj" projection, "-bayes"
+# learned scale noise with the defaults sigma_s = 0.1, kl_factor = 1). main_noise adds
+# "-bnlike" labels: BN-like noise with the sigmas measured on the BN run.
+RUN_SETTINGS: dict[str, dict[str, Any]] = {
+    "none": {"norm": "none"},
+    "batch": {"norm": "batch"},
+    "batch-proj": {"norm": "batch", "project": True},
+    "weight": {"norm": "weight"},
+    "weight-proj": {"norm": "weight", "project": True},
+    "analytic": {"norm": "analytic"},
+    "analytic-proj": {"norm": "analytic", "project": True},
+    "weight-proj-bayes": {"norm": "weight", "project": True, "noise": "bayes"},
+    "analytic-proj-bayes": {"norm": "analytic", "project": True, "noise": "bayes"},
+}
+
+BN_BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256)  # `stochnorm diagnose bn-noise` defaults
+
+_QUICK = {
+    "bn_batch_sizes": BN_BATCH_SIZES,
+    "bn_batches": 40,
+    "samples": (10, 30),
+    "robustness_size": 2000,
+}
+PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "demo": {"bn_batch_sizes": (8, 16, 32, 64), "bn_batches": 10, "samples": (2, 3),
+             "robustness_size": 200},
+    "quick": _QUICK,
+    "quick-full": _QUICK,
+    "full": {**_QUICK, "robustness_size": 10_000},
+}  # fmt: skip
+
+
+def profile_settings(lab: Lab) -> dict[str, Any]:
+    """The measurement settings of `lab`'s profile (quick's for an unlisted profile)."""
+    return PROFILE_SETTINGS.get(lab.profile, _QUICK)
+
+
+def bn_noise_measurement(lab: Lab) -> dict[str, Any]:
+    """The BN run of the lab ("batch") and its noise: `diagnostics.measure_bn_noise` with
+    the profile's batch sizes and batch count and the lab's seed, computed once and kept in
+    the lab's run directory. Returns {"run", "summary", "measurements"}."""
+    run = lab.train(lab.config(**RUN_SETTINGS["batch"]), label="batch")
+    s = profile_settings(lab)
+    sizes, batches = tuple(s["bn_batch_sizes"]), s["bn_batches"]
+    name = f"bn-noise-{config_key(run.config())}-k{'_'.join(map(str, sizes))}-b{batches}"
+    cache = lab.runs_dir / f"{name}-s{lab.seed}.json"
+    # Measured once, also when processes share the lab: the runs with BN-like noise take
+    # their sigmas from this file, and a second measurement on a GPU may differ in the last
+    # digits, which would change their configurations.
+    with exclusive(cache.with_suffix(".lock")):
+        if cache.is_file():
+            found = load_json(cache)
+            if found.get("run") == str(run.path):
+                return found
+        measured = measure_bn_noise(run.path, sizes, batches=batches, seed=lab.seed)
+        save_json(measured, cache)
+    return measured
+
+
+def run_config(lab: Lab, label: str) -> TrainConfig:
+    """The configuration of run `label` (RUN_SETTINGS, or a "-bnlike" label: the
+    normalization of the label without the suffix, with BN-like noise of the per-layer
+    sigma_V, sigma_U measured on the lab's BN run at its training batch size)."""
+    if label.endswith("-bnlike"):
+        summary = bn_noise_measurement(lab)["summary"]
+        return lab.config(
+            **RUN_SETTINGS[label.removesuffix("-bnlike")], noise="bn-like",
+            sigma_v=tuple(summary["sigma_v"]), sigma_u=tuple(summary["sigma_u"]),
+        )  # fmt: skip
+    return lab.config(**RUN_SETTINGS[label])
+
+
+def trained_runs(lab: Lab, labels: Sequence[str]) -> dict[str, RunDir]:
+    """The completed run of every label (trained once per configuration by the lab)."""
+    return {label: lab.train(run_config(lab, label), label=label) for label in labels}
+
+
+def evaluate(lab: Lab, run: RunDir) -> dict[str, Any]:
+    """`Lab.evaluate` of `run` with the profile's MC sample counts (used only by a model
+    with noise) and perturbed test images."""
+    s = profile_settings(lab)
+    return lab.evaluate(run, tuple(s["samples"]), robustness_size=s["robustness_size"])
+
+
+def count_test_images(run: RunDir) -> int:
+    """The number of test images the run is evaluated on (its `eval_size` honoured)."""
+    return len(prepare_data(run.config()).test)
+
+
+def evaluated_runs(lab: Lab, labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per label: `run_summary` of the run, its noise setting and its evaluation."""
+    out = {}
+    for label, run in trained_runs(lab, labels).items():
+        out[label] = {**run_summary(run), "noise": run.config().noise,
+                      "evaluation": evaluate(lab, run)}  # fmt: skip
+    return out
+
+
+def run_summary(run: RunDir) -> dict[str, Any]:
+    """What the experiments keep of a training run: its directory, learning rate, per-epoch
+    history and final metrics."""
+    metrics = run.metrics()
+    return {
+        "run": str(run.path),
+        "lr": metrics["config"]["lr"],
+        "history": metrics["history"],
+        "final": metrics.get("final", {}),
+        "diverged": metrics.get("diverged", False),
+    }
+
+
+def trained_summaries(lab: Lab, labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`run_summary` of the finished run of each label, trained if need be."""
+    return {label: run_summary(run) for label, run in trained_runs(lab, labels).items()}

@@ -1,0 +1,152 @@
+"""Predictions of a model on a whole split, and the metrics computed from them: what the
+training loop measures every epoch and what `stochnorm.evaluation` reports for a run."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from . import metrics
+from .bayes import predict, predict_running
+from .data import Split
+from .noise import ScaleNoise
+from .norms import normalizations
+
+
+def predict_probs(
+    model: nn.Module,
+    data: Split,
+    *,
+    samples: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Class probabilities [N, C] of the eval-mode model on `data` (on the CPU): the single
+    pass with mean parameters, or the MC average over `samples` noisy passes."""
+    probs = predict(model, data.x.to(device), samples, generator=generator, batch_size=batch_size)
+    return probs.cpu()
+
+
+def uncertainty_report(
+    model: nn.Module,
+    data: Split,
+    *,
+    samples: tuple[int, ...] = (10, 30),
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    points: int = 100,
+) -> dict[str, dict]:
+    """Per prediction mode ("single" and "mc{K}" for each K in `samples`): accuracy, NLL,
+    ECE, Brier, and the error-vs-coverage curves rejecting by predictive entropy and by
+    max probability with their AURC (main paper Table 1 and Fig. A.3). Curves are kept at
+    `points` coverages k / points. The MC averages share one sequence of sampled passes
+    (`predict_running`): MC-10 averages the first 10 of MC-30's passes."""
+    modes = {"single": 0, **{f"mc{k}": k for k in samples if k > 1}}
+    g = torch.Generator(device=device).manual_seed(seed)
+    predicted = predict_running(
+        model, data.x.to(device), list(modes.values()), generator=g, batch_size=batch_size
+    )
+    report = {}
+    for name, k in modes.items():
+        probs = predicted[k].cpu()
+        entry = metrics.summary(probs, data.y)
+        for score in ("entropy", "max-prob"):
+            coverage, error = metrics.error_coverage(probs, data.y, score)
+            entry[f"aurc_{score}"] = error.mean().item()
+            idx = (torch.arange(1, points + 1) * len(coverage) // points - 1).clamp_min(0)
+            entry[f"curve_{score}"] = {
+                "coverage": coverage[idx].tolist(),
+                "error": error[idx].tolist(),
+            }
+        report[name] = entry
+    return report
+
+
+def loss_and_accuracy(
+    model: nn.Module, data: Split, *, batch_size: int = 500, device: torch.device | str = "cpu"
+) -> tuple[float, float]:
+    """Mean NLL and accuracy of the eval-mode model on `data`."""
+    probs = predict_probs(model, data, batch_size=batch_size, device=device)
+    return metrics.nll(probs, data.y), metrics.accuracy(probs, data.y)
+
+
+def nll_loss(log_probs: Tensor, labels: Tensor) -> Tensor:
+    """The training loss: mean negative log-likelihood over the batch."""
+    return F.nll_loss(log_probs, labels)
+
+
+def noise_robustness(
+    model: nn.Module,
+    data: Split,
+    stds: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0),
+    *,
+    samples: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Accuracy under additive Gaussian input noise of each std (in the standardized input
+    space), for the single pass (`samples` <= 1) or the MC average (main paper Fig. A.4)."""
+    rows = []
+    for std in stds:
+        g = torch.Generator().manual_seed(seed)
+        noisy = Split(data.x + std * torch.randn(data.x.shape, generator=g), data.y)
+        mc = torch.Generator(device=device).manual_seed(seed) if samples > 1 else None
+        probs = predict_probs(
+            model, noisy, samples=samples, batch_size=batch_size, device=device, generator=mc
+        )
+        rows.append({"std": std, "accuracy": metrics.accuracy(probs, data.y)})
+    return rows
+
+
+def fgsm_robustness(
+    model: nn.Module,
+    data: Split,
+    epsilons: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2),
+    *,
+    samples: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Accuracy under the fast gradient sign attack `x' = x + eps sign(grad_x NLL)` of the
+    deterministic eval-mode model (SPEC section 6), evaluated by the single pass or the MC
+    average (main paper Fig. A.4)."""
+    was_training = model.training
+    model.eval()
+    try:
+        signs = []
+        for start in range(0, len(data), batch_size):
+            x = data.x[start : start + batch_size].to(device).clone().requires_grad_(True)
+            y = data.y[start : start + batch_size].to(device)
+            loss = F.cross_entropy(model(x), y)  # log-probs or logits: same gradient sign
+            (grad,) = torch.autograd.grad(loss, x)
+            signs.append(grad.sign().cpu())
+        sign = torch.cat(signs)
+    finally:
+        model.train(was_training)
+    rows = []
+    for eps in epsilons:
+        mc = torch.Generator(device=device).manual_seed(seed) if samples > 1 else None
+        probs = predict_probs(
+            model, Split(data.x + eps * sign, data.y), samples=samples, batch_size=batch_size,
+            device=device, generator=mc,
+        )  # fmt: skip
+        rows.append({"eps": eps, "accuracy": metrics.accuracy(probs, data.y)})
+    return rows
+
+
+def learned_noise(model: nn.Module) -> list[dict[str, float]]:
+    """Per normalization layer with learned scale noise: the mean over channels of
+    sigma_S / |s| (main paper section 3.5 reports these per layer)."""
+    rows = []
+    for i, layer in enumerate(normalizations(model), start=1):
+        if isinstance(layer.noise, ScaleNoise):
+            ratio = layer.noise.sigma_s.expand_as(layer.weight) / layer.weight.abs().clamp_min(
+                1e-12
+            )
+            rows.append({"layer": i, "sigma_s_over_s": ratio.mean().item()})
+    return rows
