@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
-from .checkpoint import load_json, save_json
+from .checkpoint import save_json
 from .config import PROFILES, TrainConfig
 from .demo import demo
 from .diagnostics import analytic_statistics, independence_error
@@ -16,6 +16,7 @@ from .errors import ConfigError, StochnormError
 from .evaluation import evaluate_run, load_run, measure_bn_noise
 from .experiments import PAPERS, Lab, registry, reproduce
 from .experiments.parallel import planned_runs, train_in_parallel
+from .labelled import bn_like_sigmas, run_labels
 from .lr_search import lr_find
 from .plots import plot_bn_noise
 from .provenance import provenance
@@ -137,16 +138,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _config_overrides(args: argparse.Namespace, *, noise_from: bool = True) -> dict[str, Any]:
+    """The settings given by flags (with `noise_from`, also the BN-like sigmas of
+    --noise-from)."""
     values = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
     values.update({field: getattr(args, field) for field, _ in SWITCHES.values()})
-    if getattr(args, "noise_from", None):
-        summary = load_json(Path(args.noise_from)).get("summary", {})
-        if "sigma_v" not in summary:
-            raise ConfigError(
-                f"{args.noise_from}: no per-layer sigma_v/sigma_u (not bn-noise output)"
-            )
-        values.update(sigma_v=summary["sigma_v"], sigma_u=summary["sigma_u"])
+    if noise_from and getattr(args, "noise_from", None):
+        values.update(bn_like_sigmas(Path(args.noise_from)))
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -172,6 +170,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress)
     _print_final(out, result.metrics)
     return 1 if result.metrics["diverged"] else 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    overrides = _config_overrides(args, noise_from=False)
+    for key in ("lr", "norm", "project", "noise", "gamma_decay", "groups"):
+        if key in overrides:
+            raise ConfigError(f"the labels set {key}; drop --{key.replace('_', '-')}")
+    runs = run_labels(
+        args.labels, Path(args.out), profile=args.profile, overrides=overrides,
+        lr_from=Path(args.lr_from) if args.lr_from else None,
+        noise_from=Path(args.noise_from) if args.noise_from else None,
+        evaluate=args.evaluate, samples=tuple(args.samples),
+        robustness_size=args.robustness_size, device=args.device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    for run in runs:  # a diverged run is a result here: it is reported, not an error
+        _print_final(run.path, run.metrics())
+    return 0
 
 
 def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
@@ -384,6 +400,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/PROFILE-DATASET-NORM-seedN)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "runs", help="train (or resume) runs named by label in one directory, each at the "
+        "learning rate of its search (see stochnorm.labels for the label grammar)",
+    )  # fmt: skip
+    p.add_argument("labels", nargs="+", help="run labels, e.g. batch-proj analytic-proj-bayes-f30")
+    p.add_argument("--out", required=True, help="directory of the runs (DIR/LABEL) and searches")
+    _add_config_flags(p)
+    p.add_argument(
+        "--lr-from", metavar="LR_FIND_JSON",
+        help="take every run's rate from this search file, or from LR_DIR/lr-find-LABEL.json "
+        "for a directory (default: DIR/lr-find-LABEL.json, searched if missing)",
+    )  # fmt: skip
+    p.add_argument("--evaluate", action="store_true", help="evaluate every run once")
+    p.add_argument(
+        "--samples", type=_number(int), nargs="+", default=[10, 30],
+        help="with --evaluate: Monte-Carlo sample counts for models with noise (10 30)",
+    )  # fmt: skip
+    p.add_argument(
+        "--robustness-size", type=_number(int), default=2000,
+        help="with --evaluate: test images for the robustness curves (0: none; 2000)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on validation and test sets")
     p.add_argument("run_dir", help="a run directory written by `stochnorm train`")

@@ -19,24 +19,10 @@ from typing import Any
 from ..checkpoint import load_json, save_json
 from ..config import TrainConfig
 from ..evaluation import measure_bn_noise
+from ..labels import parse_label
 from ..runs import RunDir
 from ..train import prepare_data
 from .base import Lab, config_key, exclusive
-
-# The runs experiments share, by label (the Makefile's naming: "-proj" projection, "-bayes"
-# learned scale noise with the defaults sigma_s = 0.1, kl_factor = 1). main_noise adds
-# "-bnlike" labels: BN-like noise with the sigmas measured on the BN run.
-RUN_SETTINGS: dict[str, dict[str, Any]] = {
-    "none": {"norm": "none"},
-    "batch": {"norm": "batch"},
-    "batch-proj": {"norm": "batch", "project": True},
-    "weight": {"norm": "weight"},
-    "weight-proj": {"norm": "weight", "project": True},
-    "analytic": {"norm": "analytic"},
-    "analytic-proj": {"norm": "analytic", "project": True},
-    "weight-proj-bayes": {"norm": "weight", "project": True, "noise": "bayes"},
-    "analytic-proj-bayes": {"norm": "analytic", "project": True, "noise": "bayes"},
-}
 
 BN_BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256)  # `stochnorm diagnose bn-noise` defaults
 
@@ -64,7 +50,7 @@ def bn_noise_measurement(lab: Lab) -> dict[str, Any]:
     """The BN run of the lab ("batch") and its noise: `diagnostics.measure_bn_noise` with
     the profile's batch sizes and batch count and the lab's seed, computed once and kept in
     the lab's run directory. Returns {"run", "summary", "measurements"}."""
-    run = lab.train(lab.config(**RUN_SETTINGS["batch"]), label="batch")
+    run = lab.train(lab.config(**parse_label("batch")), label="batch")
     s = profile_settings(lab)
     sizes, batches = tuple(s["bn_batch_sizes"]), s["bn_batches"]
     name = f"bn-noise-{config_key(run.config())}-k{'_'.join(map(str, sizes))}-b{batches}"
@@ -83,16 +69,14 @@ def bn_noise_measurement(lab: Lab) -> dict[str, Any]:
 
 
 def run_config(lab: Lab, label: str) -> TrainConfig:
-    """The configuration of run `label` (RUN_SETTINGS, or a "-bnlike" label: the
-    normalization of the label without the suffix, with BN-like noise of the per-layer
-    sigma_V, sigma_U measured on the lab's BN run at its training batch size)."""
-    if label.endswith("-bnlike"):
+    """The configuration of run `label` (`stochnorm.labels`) in the lab; a "-bnlike" label
+    gets the per-layer sigma_V, sigma_U measured on the lab's BN run at its training batch
+    size."""
+    settings = parse_label(label)
+    if settings.get("noise") == "bn-like":
         summary = bn_noise_measurement(lab)["summary"]
-        return lab.config(
-            **RUN_SETTINGS[label.removesuffix("-bnlike")], noise="bn-like",
-            sigma_v=tuple(summary["sigma_v"]), sigma_u=tuple(summary["sigma_u"]),
-        )  # fmt: skip
-    return lab.config(**RUN_SETTINGS[label])
+        settings.update(sigma_v=tuple(summary["sigma_v"]), sigma_u=tuple(summary["sigma_u"]))
+    return lab.config(**settings)
 
 
 def trained_runs(lab: Lab, labels: Sequence[str]) -> dict[str, RunDir]:

@@ -1,0 +1,102 @@
+"""Run labels: one short name per training case, parsed and produced here alone (the CLI's
+`stochnorm runs`, the reproduction lab and the Makefile all go through these functions).
+
+    label   := NORM ["-proj"] ["-gN"] ["-gdV"] ["-detached"] [NOISE]
+    NORM    := none | batch | weight | analytic | population | group | layer
+    NOISE   := "-bnlike" | "-bayes" ["-sV"] ["-fV"] ["-kV"]
+
+- `-proj`: projection of the scale-invariant weights onto ||w|| = 1 (`project`);
+- `-gN`: group norm with N groups (`groups`, group norm only);
+- `-gdV`: gamma decay V (`gamma_decay`); a population-norm label without it has Luo et al.'s
+  decay POPULATION_GAMMA_DECAY, `-gd0` none;
+- `-detached`: population norm's statistics as constants in the backward pass;
+- `-bnlike`: BN-like noise (its per-layer sigmas come from a BN noise measurement, which the
+  caller supplies: they are not part of the label);
+- `-bayes`: learned scale noise, with `-sV` its initial sigma_S, `-fV` the step factor of the
+  noise parameters (`noise_lr_factor`), `-kV` the KL weight (`kl_factor`).
+
+Examples: `batch-proj`, `analytic-proj-bayes-f30`, `analytic-proj-bayes-s0.03-f10`,
+`population-proj`, `group-proj-g8` (suffixes come in the order above).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .config import TrainConfig
+from .errors import ConfigError
+from .norms import Norm
+
+POPULATION_GAMMA_DECAY = 1e-4  # population norm's default gamma decay in a label
+
+_NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?"
+_GRAMMAR = re.compile(
+    rf"^(?P<norm>[a-z]+)(?P<proj>-proj)?(?:-g(?P<groups>\d+))?(?:-gd(?P<gd>{_NUMBER}))?"
+    r"(?P<detached>-detached)?(?:(?P<bnlike>-bnlike)|(?P<bayes>-bayes)"
+    rf"(?:-s(?P<sigma_s>{_NUMBER}))?(?:-f(?P<f>{_NUMBER}))?(?:-k(?P<k>{_NUMBER}))?)?$"
+)
+
+
+def parse_label(label: str) -> dict[str, Any]:
+    """The TrainConfig settings that `label` names (only those it sets; BN-like sigmas are
+    left to the caller). Raises ConfigError naming the grammar when `label` does not fit."""
+    found = _GRAMMAR.match(label)
+    if found is None:
+        raise ConfigError(
+            f"run label {label!r} does not read as NORM[-proj][-gN][-gdV][-detached]"
+            "[-bnlike|-bayes[-sV][-fV][-kV]] (see stochnorm.labels)"
+        )
+    norm = Norm.parse(found["norm"])
+    gd, sigma_s, factor, kl = found["gd"], found["sigma_s"], found["f"], found["k"]
+    settings: dict[str, Any] = {"norm": norm.value}
+    if found["proj"]:
+        settings["project"] = True
+    if found["groups"]:
+        if norm is not Norm.GROUP:
+            raise ConfigError(f"run label {label!r}: -gN sets the groups of group norm only")
+        settings["groups"] = int(found["groups"])
+    if gd is not None:
+        settings["gamma_decay"] = float(gd)
+    elif norm is Norm.POPULATION:
+        settings["gamma_decay"] = POPULATION_GAMMA_DECAY
+    if found["detached"]:
+        if norm is not Norm.POPULATION:
+            raise ConfigError(f"run label {label!r}: -detached applies to population norm only")
+        settings["population_gradient"] = False
+    if found["bnlike"]:
+        settings["noise"] = "bn-like"
+    if found["bayes"]:
+        settings["noise"] = "bayes"
+        for key, text in (("sigma_s", sigma_s), ("noise_lr_factor", factor), ("kl_factor", kl)):
+            if text is not None:
+                settings[key] = float(text)
+    return settings
+
+
+def format_label(settings: dict[str, Any]) -> str:
+    """The label of a configuration's settings (a TrainConfig's `to_dict()` or the output
+    of `parse_label`): the inverse of `parse_label` on the settings a label can name."""
+    norm = Norm.parse(settings.get("norm", Norm.BATCH.value))
+    parts = [norm.value]
+    if settings.get("project"):
+        parts.append("proj")
+    defaults = TrainConfig().to_dict()
+    if norm is Norm.GROUP and settings.get("groups", defaults["groups"]) != defaults["groups"]:
+        parts.append(f"g{settings['groups']}")
+    gd = settings.get("gamma_decay", 0.0)
+    default_gd = POPULATION_GAMMA_DECAY if norm is Norm.POPULATION else 0.0
+    if gd != default_gd:
+        parts.append(f"gd{gd:g}")
+    if norm is Norm.POPULATION and settings.get("population_gradient") is False:
+        parts.append("detached")
+    noise = settings.get("noise")
+    if noise == "bn-like":
+        parts.append("bnlike")
+    elif noise == "bayes":
+        parts.append("bayes")
+        for key, letter in (("sigma_s", "s"), ("noise_lr_factor", "f"), ("kl_factor", "k")):
+            value = settings.get(key, defaults[key])
+            if value != defaults[key]:
+                parts.append(f"{letter}{value:g}")
+    return "-".join(parts)
