@@ -11,18 +11,22 @@ from . import data
 from .checkpoint import save_json
 from .config import PROFILES, TrainConfig
 from .demo import demo
-from .diagnostics import analytic_statistics, independence_error
 from .errors import ConfigError, StochnormError
-from .evaluation import evaluate_run, load_run, measure_bn_noise
+from .evaluation import diagnose_analytic, evaluate_run, load_run, measure_bn_noise
 from .experiments import PAPERS, Lab, registry, reproduce
 from .experiments.parallel import planned_runs, train_in_parallel
 from .labelled import bn_like_sigmas, run_labels
 from .lr_search import lr_find
 from .plots import plot_bn_noise
 from .provenance import provenance
-from .report import write_report, write_reproduction_report
+from .report import (
+    analytic_statistics_markdown,
+    bn_noise_markdown,
+    write_report,
+    write_reproduction_report,
+)
 from .runs import RunDir
-from .train import build_model, prepare_data, train, training_inputs
+from .train import build_model, prepare_data, train
 
 CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
@@ -295,82 +299,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_an_stats(args: argparse.Namespace) -> int:
-
     if args.run:
         cfg, data, model = load_run(args.run)
-        out = Path(args.out or Path(args.run) / "an-stats")
+        out, stage = Path(args.out or Path(args.run) / "an-stats"), f"trained ({args.run})"
     else:
         cfg = _config(args).replace(norm="analytic")
         data = prepare_data(cfg)
         model = build_model(cfg, data)
-        out = Path(args.out or "runs/an-stats-init")
-    x = training_inputs(data, cfg, count=len(data.train))
-    model.train()(x[:1])  # statistics from the current weights
-    rows = analytic_statistics(model, x)
-    stage = f"trained ({args.run})" if args.run else "at initialization"
-    lines = [
-        f"Analytic normalization, estimated vs true statistics per layer, {stage}; true = "
-        f"measured over {len(x)} augmented training images. exact_first_layer = "
-        f"{cfg.exact_first_layer}.",
-        "",
-        "| layer | channels | mean abs(mu_est - mu_true) / sigma_true | sigma_est / sigma_true "
-        "mean | min | max |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['layer']} | {r['channels']} | {r['mean_error']:.3f} | "
-            f"{r['sigma_ratio_mean']:.3f} | {r['sigma_ratio_min']:.3f} | {r['sigma_ratio_max']:.3f} |"
-        )
-    correlation = independence_error(model, x)
-    lines += [
-        "",
-        "Each layer's own rule given its true input moments: sqrt(rule variance / true "
-        "variance) of the conv output, mean over channels, when the input patch covariance "
-        "is reduced to its diagonal (the independence assumption), to same-channel pairs "
-        "(spatial correlations kept) or to same-offset pairs (cross-channel kept):",
-        "",
-        "| layer | independent | spatial kept | cross-channel kept |",
-        "|---|---|---|---|",
-    ]
-    for r in correlation:
-        lines.append(
-            f"| {r['layer']} | {r['independent']:.3f} | {r['spatial']:.3f} | {r['channel']:.3f} |"
-        )
+        out, stage = Path(args.out or "runs/an-stats-init"), "at initialization"
+    found = diagnose_analytic(cfg, data, model)
+    text = analytic_statistics_markdown(found, stage)
     out.mkdir(parents=True, exist_ok=True)
-    save_json({"config": cfg.to_dict(), "stage": stage, "rows": rows,
-               "independence_error": correlation, "provenance": provenance()},
+    save_json({"config": cfg.to_dict(), "stage": stage, **found, "provenance": provenance()},
               out / "an-stats.json")  # fmt: skip
-    (out / "an-stats.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (out / "an-stats.md").write_text(text)
+    print(text, end="")
     return 0
 
 
 def _cmd_bn_noise(args: argparse.Namespace) -> int:
-
     found = measure_bn_noise(
         args.run, tuple(args.batch_sizes), batches=args.batches, seed=args.seed
     )
-    result, summary = found["measurements"], found["summary"]
     out = Path(args.out or Path(args.run) / "bn-noise")
-    plot_bn_noise(result, summary, out / "bn-noise.png", qq_layer=args.qq_layer)
+    plot_bn_noise(found["measurements"], found["summary"], out / "bn-noise.png",
+                  qq_layer=args.qq_layer)  # fmt: skip
     save_json({**found, "provenance": provenance()}, out / "bn-noise.json")
-    lines = [
-        f"BN noise of {args.run} (batch size {summary['batch_size']}, {args.batches} random batches "
-        "per batch size):",
-        "",
-        "| layer | z | sigma_V | sigma_U | KS(n S^2/sigma^2, chi2(n-1)) | slope of var vs k |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in summary["layers"]:
-        lines.append(
-            f"| {r['layer']} | {r['spatial']} | {r['sigma_v']:.4f} | {r['sigma_u']:.4f} | "
-            f"{r['chi2_ks']:.3f} | {r['var_vs_k_slope']:.2f} |"
-        )
-    slope = summary["var_times_k_vs_z_slope"]
-    lines += ["", f"Slope of k * variance against z over layers: {slope:.2f} (model: -1)."]
-    (out / "bn-noise.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = bn_noise_markdown(args.run, found["summary"], args.batches)
+    (out / "bn-noise.md").write_text(text)
+    print(text, end="")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Run-level tasks on a finished run directory: load its trained model, evaluate it
-(`stochnorm evaluate`) and diagnose it (`stochnorm diagnose`). The predictions and
+"""Run-level tasks: load a run directory's trained model, evaluate it (`stochnorm
+evaluate`) and diagnose it or a fresh model (`stochnorm diagnose`). The predictions and
 measurements themselves live in `stochnorm.prediction` and `stochnorm.diagnostics`."""
 
 from __future__ import annotations
@@ -13,14 +13,21 @@ from torch import nn
 from . import data as datasets
 from .checkpoint import save_json
 from .config import TrainConfig
-from .diagnostics import bn_noise, summarize_bn_noise
+from .diagnostics import analytic_statistics, bn_noise, independence_error, summarize_bn_noise
 from .errors import ConfigError
 from .noise import noise_modules
 from .plots import plot_error_coverage, plot_robustness
 from .prediction import fgsm_robustness, learned_noise, noise_robustness, uncertainty_report
 from .provenance import provenance
 from .runs import RunDir
-from .train import final_metrics, load_model_state, make_model, prepare_data, resolve_device
+from .train import (
+    final_metrics,
+    load_model_state,
+    make_model,
+    prepare_data,
+    resolve_device,
+    training_inputs,
+)
 
 
 def load_run(
@@ -118,3 +125,19 @@ def measure_bn_noise(
             if entry["k"] != cfg.batch_size:
                 entry.pop("chi2")
     return {"run": str(path), "summary": summary, "measurements": result}
+
+
+def diagnose_analytic(cfg: TrainConfig, data: datasets.Splits, model: nn.Module) -> dict[str, Any]:
+    """Analytic norm's estimated statistics against the true ones on the whole augmented
+    training split (`diagnostics.analytic_statistics`, after one training forward that sets
+    them from the current weights) and the independence error of each layer's rule
+    (`diagnostics.independence_error`): {"images", "exact_first_layer", "rows",
+    "independence_error"} (`stochnorm diagnose an-stats`)."""
+    x = training_inputs(data, cfg, count=len(data.train))
+    model.train()(x[:1])  # statistics from the current weights
+    return {
+        "images": len(x),
+        "exact_first_layer": cfg.exact_first_layer,
+        "rows": analytic_statistics(model, x),
+        "independence_error": independence_error(model, x),
+    }

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import RunDirError
 from .experiments import PAPERS, load_result, registry
@@ -243,3 +244,55 @@ def write_reproduction_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def analytic_statistics_markdown(found: dict[str, Any], stage: str) -> str:
+    """The tables of `stochnorm diagnose an-stats` from `evaluation.diagnose_analytic`."""
+    lines = [
+        f"Analytic normalization, estimated vs true statistics per layer, {stage}; true = "
+        f"measured over {found['images']} augmented training images. exact_first_layer = "
+        f"{found['exact_first_layer']}.",
+        "",
+        "| layer | channels | mean abs(mu_est - mu_true) / sigma_true | sigma_est / sigma_true "
+        "mean | min | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in found["rows"]:
+        lines.append(
+            f"| {r['layer']} | {r['channels']} | {r['mean_error']:.3f} | "
+            f"{r['sigma_ratio_mean']:.3f} | {r['sigma_ratio_min']:.3f} | {r['sigma_ratio_max']:.3f} |"
+        )
+    lines += [
+        "",
+        "Each layer's own rule given its true input moments: sqrt(rule variance / true "
+        "variance) of the conv output, mean over channels, when the input patch covariance "
+        "is reduced to its diagonal (the independence assumption), to same-channel pairs "
+        "(spatial correlations kept) or to same-offset pairs (cross-channel kept):",
+        "",
+        "| layer | independent | spatial kept | cross-channel kept |",
+        "|---|---|---|---|",
+    ]
+    for r in found["independence_error"]:
+        lines.append(
+            f"| {r['layer']} | {r['independent']:.3f} | {r['spatial']:.3f} | {r['channel']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bn_noise_markdown(run: str | Path, summary: dict[str, Any], batches: int) -> str:
+    """The table of `stochnorm diagnose bn-noise` from a `summarize_bn_noise` summary."""
+    lines = [
+        f"BN noise of {run} (batch size {summary['batch_size']}, {batches} random batches "
+        "per batch size):",
+        "",
+        "| layer | z | sigma_V | sigma_U | KS(n S^2/sigma^2, chi2(n-1)) | slope of var vs k |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary["layers"]:
+        lines.append(
+            f"| {r['layer']} | {r['spatial']} | {r['sigma_v']:.4f} | {r['sigma_u']:.4f} | "
+            f"{r['chi2_ks']:.3f} | {r['var_vs_k_slope']:.2f} |"
+        )
+    slope = summary["var_times_k_vs_z_slope"]
+    lines += ["", f"Slope of k * variance against z over layers: {slope:.2f} (model: -1)."]
+    return "\n".join(lines) + "\n"
