@@ -5,10 +5,19 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stochnorm.data import Split, Splits
-from stochnorm.diagnostics import bn_noise, summarize_bn_noise
-from stochnorm.norms import BatchNorm
+from stochnorm.diagnostics import (
+    batch_dependence,
+    bn_noise,
+    layer_signal,
+    scale_step_sizes,
+    sgd_step_,
+    summarize_bn_noise,
+)
+from stochnorm.models import AllCNN
+from stochnorm.norms import BatchNorm, PopulationNorm, WeightNorm
 
 
 def _iid_gaussian_bn(spatial: int = 4):
@@ -78,3 +87,203 @@ def test_independence_error_is_one_for_independent_inputs():
     (row,) = independence_error(_conv_with_norm(3), torch.randn(2000, 3, 6, 6))
     for key in ("independent", "spatial", "channel"):
         assert row[key] == pytest.approx(1.0, abs=0.02)
+
+
+def _plain_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3), nn.LogSoftmax(1))
+    model = model.double()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    y = torch.randint(3, (16,))
+    return model, x, y
+
+
+def _loss(model, x, y):
+    return nn.functional.nll_loss(model(x), y)
+
+
+def test_layer_signal_matches_a_hand_computation():
+    model, x, y = _plain_net()
+    result = layer_signal(model, x, y)
+    first, second = result["layers"]
+    hidden = torch.tanh(model[0](x))
+    assert [r["name"] for r in result["layers"]] == ["0", "2"]
+    assert math.isclose(first["input_rms"], x.pow(2).mean().sqrt().item(), rel_tol=1e-12)
+    assert math.isclose(first["input_mean_abs"], x.abs().mean().item(), rel_tol=1e-12)
+    assert math.isclose(first["input_std"], x.std(correction=0).item(), rel_tol=1e-12)
+    assert math.isclose(first["output_rms"], model[0](x).pow(2).mean().sqrt().item(),
+                        rel_tol=1e-12)  # fmt: skip
+    assert math.isclose(second["input_rms"], hidden.pow(2).mean().sqrt().item(), rel_tol=1e-12)
+    assert math.isclose(result["loss"], _loss(model, x, y).item(), rel_tol=1e-12)
+    for row, layer in zip(result["layers"], (model[0], model[2]), strict=True):
+        assert math.isclose(row["weight_norm"], layer.weight.norm().item(), rel_tol=1e-12)
+        assert math.isclose(row["relative_grad"], row["grad_norm"] / row["weight_norm"])
+
+
+def test_layer_signal_gradients_match_finite_differences():
+    """||dL/dW|| per layer against central differences (h = 1e-6, float64): relative
+    error below 1e-6."""
+    model, x, y = _plain_net()
+    result = layer_signal(model, x, y)
+    h = 1e-6
+    for row, layer in zip(result["layers"], (model[0], model[2]), strict=True):
+        grad = torch.zeros_like(layer.weight)
+        with torch.no_grad():
+            for idx in torch.cartesian_prod(*(torch.arange(s) for s in layer.weight.shape)):
+                idx = tuple(idx.tolist())
+                keep = layer.weight[idx].item()
+                layer.weight[idx] = keep + h
+                up = _loss(model, x, y).item()
+                layer.weight[idx] = keep - h
+                down = _loss(model, x, y).item()
+                layer.weight[idx] = keep
+                grad[idx] = (up - down) / (2 * h)
+        assert math.isclose(row["grad_norm"], grad.norm().item(), rel_tol=1e-6)
+
+
+def test_sgd_step_moves_along_the_gradient_and_lowers_the_loss():
+    model, x, y = _plain_net()
+    before = layer_signal(model, x, y)
+    params = [p.detach().clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    lr = 1e-3
+    sgd_step_(model, lr)
+    for p, p0, g in zip(model.parameters(), params, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - lr * g, rtol=0, atol=1e-15)
+    # first order: the loss falls by lr * ||g||^2 (up to O(lr^2))
+    drop = before["loss"] - _loss(model, x, y).item()
+    expected = lr * sum(g.pow(2).sum().item() for g in grads)
+    assert drop > 0 and math.isclose(drop, expected, rel_tol=0.05)
+
+
+def test_layer_signal_sees_every_conv_of_all_cnn(tiny_fashion):
+    from stochnorm.config import TrainConfig
+    from stochnorm.train import build_model
+
+    cfg = TrainConfig.from_profile("demo", width=0.1, norm="none")
+    model = build_model(cfg, tiny_fashion).train()
+    x, y = tiny_fashion.train.x[:64], tiny_fashion.train.y[:64]
+    result = layer_signal(model, x, y)
+    assert len(result["layers"]) == 9
+    assert all(r["grad_norm"] > 0 for r in result["layers"])
+    # data-dependent init: every conv output is standardized on its 128 images, so the
+    # signal keeps its scale with depth at initialization (here on other images: 30%)
+    rms = [r["output_rms"] for r in result["layers"]]
+    assert all(0.7 < v < 1.3 for v in rms), rms
+
+
+def test_batch_dependence_of_batch_norm_matches_the_closed_form():
+    """Probe p among k - 1 identical companions c (constant over space): BN's batch mean is
+    (p + (k-1) c) / k and its biased variance (k-1) d^2 / k^2, d = p - c, so the probe's
+    output is d (k-1)/k / sqrt((k-1) d^2 / k^2 + eps), whatever companions are drawn."""
+    torch.manual_seed(0)
+    bn = BatchNorm(3).double()
+    values = torch.randn(4, 3, dtype=torch.float64)
+    probes = values[:, :, None, None].expand(4, 3, 2, 2)
+    c = torch.randn(3, dtype=torch.float64)
+    pool = c[None, :, None, None].expand(10, 3, 2, 2).clone()
+
+    def output(p, k):
+        d = p - c
+        return d * (k - 1) / k / torch.sqrt((k - 1) * d**2 / k**2 + bn.eps)
+
+    sizes = (1, 4, 16)
+    rows = batch_dependence(bn, probes, pool, sizes, generator=torch.Generator().manual_seed(1))
+    scale = max(output(p, 16).abs().max().item() for p in values)
+    for row, k in zip(rows, sizes, strict=True):
+        expected = max((output(p, k) - output(p, 16)).abs().max().item() for p in values)
+        assert row["batch_size"] == k
+        assert row["max_abs_diff"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert row["max_rel_diff"] == pytest.approx(expected / scale, rel=1e-9, abs=1e-12)
+    assert rows[0]["max_abs_diff"] > 1.0 and rows[-1]["max_abs_diff"] == 0.0
+    assert bn.num_batches_tracked.item() == 0  # buffers restored
+
+
+def _normed_net(norm_cls):
+    torch.manual_seed(0)
+    conv1, conv2 = nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.Conv2d(4, 5, 3, bias=False)
+    return nn.Sequential(
+        conv1, norm_cls(4).bind(conv1), nn.LeakyReLU(0.01), conv2, norm_cls(5).bind(conv2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LogSoftmax(dim=1),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["weight", "population", "analytic"])
+def test_batch_independent_norms_stay_at_round_off(kind):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 1, 16, 16, generator=g)
+    if kind == "analytic":
+        torch.manual_seed(0)
+        model = AllCNN(1, 10, width=0.1, norm="analytic")
+    else:
+        model = _normed_net(WeightNorm if kind == "weight" else PopulationNorm)
+    if kind == "population":
+        model.train()(x[:16])  # population statistics set by one training batch
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = batch_dependence(model, x[:3], x[3:], (1, 8, 64), generator=g)
+    assert all(r["max_rel_diff"] < 1e-5 for r in rows), rows
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the same network with batch norm depends on its batch far above round-off
+    bn_rows = batch_dependence(_normed_net(BatchNorm), x[:3], x[3:], (1, 8, 64), generator=g)
+    assert min(r["max_rel_diff"] for r in bn_rows) > 1e-3
+
+
+def _bn_mlp():
+    torch.manual_seed(0)
+    lin1, lin2 = nn.Linear(5, 4, bias=False), nn.Linear(4, 3, bias=False)
+    model = nn.Sequential(lin1, BatchNorm(4).bind(lin1), nn.Tanh(), lin2, BatchNorm(3).bind(lin2),
+                          nn.LogSoftmax(dim=1)).double()  # fmt: skip
+    with torch.no_grad():  # scales away from 1, so that the penalty's gradient is not uniform
+        model[1].weight.uniform_(0.5, 1.5)
+        model[4].weight.uniform_(0.5, 1.5)
+    return model
+
+
+def _finite_difference_gradient(model, scale, x, y, h=1e-6):
+    """Central differences of the train-mode NLL with respect to each entry of `scale`."""
+    grad = torch.zeros_like(scale)
+    with torch.no_grad():
+        for i in range(len(scale)):
+            values = []
+            for step in (h, -h):
+                scale[i] += step
+                values.append(F.nll_loss(model(x), y).item())
+                scale[i] -= step
+            grad[i] = (values[0] - values[1]) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("gamma_decay", [0.0, 0.05])
+def test_scale_step_sizes_match_finite_differences(gamma_decay):
+    model = _bn_mlp()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(3, (16,), generator=g)
+    lr = 0.1
+    rows = scale_step_sizes(model, [(x, y)], lr, gamma_decay=gamma_decay)
+    for row, layer in zip(rows, (model[1], model[4]), strict=True):
+        s = layer.weight
+        # the penalty gamma_decay * sum s^2 adds 2 gamma_decay s (closed form)
+        grad = _finite_difference_gradient(model, s, x, y) + 2 * gamma_decay * s.detach()
+        expected = (grad.norm() / s.detach().norm()).item()
+        assert row["relative_gradient"] == pytest.approx(expected, rel=1e-6)
+        assert row["effective_lr"] == pytest.approx(lr * expected, rel=1e-6)
+        assert row["scale_rms"] == pytest.approx(s.detach().pow(2).mean().sqrt().item())
+        assert row["relative_gradient_se"] == 0.0  # one batch
+
+
+def test_scale_step_sizes_average_over_batches_and_restore_buffers():
+    model = _bn_mlp()
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(8, 5, generator=g, dtype=torch.float64),
+                torch.randint(3, (8,), generator=g)) for _ in range(3)]  # fmt: skip
+    running = model[1].running_mean.clone()
+    singles = [scale_step_sizes(model, [b], 1.0)[0]["relative_gradient"] for b in batches]
+    rows = scale_step_sizes(model, batches, 1.0)
+    mean = sum(singles) / 3
+    se = math.sqrt(sum((v - mean) ** 2 for v in singles) / 2 / 3)
+    assert rows[0]["relative_gradient"] == pytest.approx(mean, rel=1e-9)
+    assert rows[0]["relative_gradient_se"] == pytest.approx(se, rel=1e-6)
+    assert torch.equal(model[1].running_mean, running)
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind

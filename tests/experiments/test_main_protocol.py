@@ -7,10 +7,7 @@ import random
 import statistics
 
 import pytest
-import torch
 
-from stochnorm.errors import ConfigError
-from stochnorm.experiments import Lab
 from stochnorm.experiments.main_protocol import (
     BatchSize,
     NormalizationBatch,
@@ -20,7 +17,6 @@ from stochnorm.experiments.main_protocol import (
     with_mode_gap,
 )
 from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE
-from stochnorm.plots import plot_curve_rows, plot_seed_spread, running_mean_std
 
 
 def _history(val_acc, *, train_loss=None, train_eval_loss=None, val_loss=None):
@@ -39,20 +35,6 @@ def _history(val_acc, *, train_loss=None, train_eval_loss=None, val_loss=None):
 
 def _summary(history, lr=0.04):
     return {"run": "x", "lr": lr, "history": history, "final": {}, "diverged": False}
-
-
-@pytest.mark.parametrize("window", [1, 3, 10, 50])
-def test_running_mean_std_matches_unfolded_windows(window):
-    values = torch.randn(30, dtype=torch.float64).tolist()
-    means, stds = running_mean_std(values, window)
-    padded = torch.tensor(values, dtype=torch.float64)
-    for t in range(len(values)):
-        chunk = padded[max(0, t - window + 1) : t + 1]
-        assert means[t] == pytest.approx(chunk.mean().item(), abs=1e-12)
-        expected = chunk.std(correction=1).item() if len(chunk) > 1 else 0.0
-        assert stds[t] == pytest.approx(expected, abs=1e-12)
-    with pytest.raises(ValueError):
-        running_mean_std(values, 0)
 
 
 def test_mode_gap_and_log_loss_are_log_ratios_of_the_recorded_losses():
@@ -154,21 +136,3 @@ def test_batch_size_verdict():
     assert BatchSize().verdict(numbers(0.88, 0.5)).status == FAILS
     # no dependence on the batch size with BN: the accuracy parts fail
     assert BatchSize().verdict(numbers(0.9205, 0.05)).status != HOLDS
-
-
-def test_lab_config_seed_and_overrides(tmp_path):
-    lab = Lab("demo", tmp_path, seed=3)
-    assert lab.config().seed == 3 and lab.config(seed=lab.seed + 1).seed == 4
-    assert lab.config(seed=4).split_seed == lab.config().split_seed  # the split stays fixed
-    # overrides come last: a seed fixed there would make every "seed" the same run
-    fixed = Lab("demo", tmp_path, seed=3, overrides={"seed": 7})
-    assert fixed.config(seed=4).seed == 7
-    with pytest.raises(ConfigError, match="fix the seed"):
-        SeedSpread().run(fixed)
-
-
-def test_protocol_plots_are_written(tmp_path):
-    runs = {"a": _history([0.5, 0.6, 0.7]), "b": _history([0.4, 0.5, 0.65])}
-    rows = plot_curve_rows({"none": runs, "batch": runs}, tmp_path / "rows.png")
-    spread = plot_seed_spread({"batch": runs, "analytic": runs}, tmp_path / "spread.png")
-    assert rows.stat().st_size > 5_000 and spread.stat().st_size > 5_000

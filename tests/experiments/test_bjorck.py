@@ -5,9 +5,7 @@ random-matrix theory, and the verdict logic on made-up numbers."""
 import math
 
 import torch
-from torch import nn
 
-from stochnorm.diagnostics import layer_signal, sgd_step_
 from stochnorm.experiments.bjorck import (
     Conditioning,
     high_rate_accuracy_verdict,
@@ -20,89 +18,6 @@ from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE
 from stochnorm.stats import linear_fit
 
 # --- layer_signal and sgd_step_ ------------------------------------------------------------
-
-
-def _small_net():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3), nn.LogSoftmax(1))
-    model = model.double()
-    x = torch.randn(16, 5, dtype=torch.float64)
-    y = torch.randint(3, (16,))
-    return model, x, y
-
-
-def _loss(model, x, y):
-    return nn.functional.nll_loss(model(x), y)
-
-
-def test_layer_signal_matches_a_hand_computation():
-    model, x, y = _small_net()
-    result = layer_signal(model, x, y)
-    first, second = result["layers"]
-    hidden = torch.tanh(model[0](x))
-    assert [r["name"] for r in result["layers"]] == ["0", "2"]
-    assert math.isclose(first["input_rms"], x.pow(2).mean().sqrt().item(), rel_tol=1e-12)
-    assert math.isclose(first["input_mean_abs"], x.abs().mean().item(), rel_tol=1e-12)
-    assert math.isclose(first["input_std"], x.std(correction=0).item(), rel_tol=1e-12)
-    assert math.isclose(first["output_rms"], model[0](x).pow(2).mean().sqrt().item(),
-                        rel_tol=1e-12)  # fmt: skip
-    assert math.isclose(second["input_rms"], hidden.pow(2).mean().sqrt().item(), rel_tol=1e-12)
-    assert math.isclose(result["loss"], _loss(model, x, y).item(), rel_tol=1e-12)
-    for row, layer in zip(result["layers"], (model[0], model[2]), strict=True):
-        assert math.isclose(row["weight_norm"], layer.weight.norm().item(), rel_tol=1e-12)
-        assert math.isclose(row["relative_grad"], row["grad_norm"] / row["weight_norm"])
-
-
-def test_layer_signal_gradients_match_finite_differences():
-    """||dL/dW|| per layer against central differences (h = 1e-6, float64): relative
-    error below 1e-6."""
-    model, x, y = _small_net()
-    result = layer_signal(model, x, y)
-    h = 1e-6
-    for row, layer in zip(result["layers"], (model[0], model[2]), strict=True):
-        grad = torch.zeros_like(layer.weight)
-        with torch.no_grad():
-            for idx in torch.cartesian_prod(*(torch.arange(s) for s in layer.weight.shape)):
-                idx = tuple(idx.tolist())
-                keep = layer.weight[idx].item()
-                layer.weight[idx] = keep + h
-                up = _loss(model, x, y).item()
-                layer.weight[idx] = keep - h
-                down = _loss(model, x, y).item()
-                layer.weight[idx] = keep
-                grad[idx] = (up - down) / (2 * h)
-        assert math.isclose(row["grad_norm"], grad.norm().item(), rel_tol=1e-6)
-
-
-def test_sgd_step_moves_along_the_gradient_and_lowers_the_loss():
-    model, x, y = _small_net()
-    before = layer_signal(model, x, y)
-    params = [p.detach().clone() for p in model.parameters()]
-    grads = [p.grad.clone() for p in model.parameters()]
-    lr = 1e-3
-    sgd_step_(model, lr)
-    for p, p0, g in zip(model.parameters(), params, grads, strict=True):
-        torch.testing.assert_close(p.detach(), p0 - lr * g, rtol=0, atol=1e-15)
-    # first order: the loss falls by lr * ||g||^2 (up to O(lr^2))
-    drop = before["loss"] - _loss(model, x, y).item()
-    expected = lr * sum(g.pow(2).sum().item() for g in grads)
-    assert drop > 0 and math.isclose(drop, expected, rel_tol=0.05)
-
-
-def test_layer_signal_sees_every_conv_of_all_cnn(tiny_fashion):
-    from stochnorm.config import TrainConfig
-    from stochnorm.train import build_model
-
-    cfg = TrainConfig.from_profile("demo", width=0.1, norm="none")
-    model = build_model(cfg, tiny_fashion).train()
-    x, y = tiny_fashion.train.x[:64], tiny_fashion.train.y[:64]
-    result = layer_signal(model, x, y)
-    assert len(result["layers"]) == 9
-    assert all(r["grad_norm"] > 0 for r in result["layers"])
-    # data-dependent init: every conv output is standardized on its 128 images, so the
-    # signal keeps its scale with depth at initialization (here on other images: 30%)
-    rms = [r["output_rms"] for r in result["layers"]]
-    assert all(0.7 < v < 1.3 for v in rms), rms
 
 
 # --- products of random Gaussian matrices ---------------------------------------------------
