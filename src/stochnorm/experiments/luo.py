@@ -23,6 +23,7 @@ import torch
 from .. import data as datasets
 from ..diagnostics import scale_step_sizes
 from ..evaluation import load_run
+from ..labels import POPULATION_GAMMA_DECAY
 from ..plots import _save, plot_curves, plt
 from ..runs import RunDir
 from ..stats import iterate_spread, tail_mean
@@ -31,9 +32,9 @@ from .base import Experiment, Lab, device_of
 from .cases import run_summary
 from .verdicts import FAILS, HOLDS, INCONCLUSIVE, Verdict, combine, compare
 
-# The coefficient of the Makefile's quick runs (GAMMA_DECAY := 1e-4), so that the run is
-# shared with results/quick; the quick and full profiles also try ten times that.
-GAMMA_DECAY = 1e-4
+# The coefficient of the committed quick runs (a population-norm label's default), so that
+# the run is found among them; the quick and full profiles also try ten times that.
+GAMMA_DECAY = POPULATION_GAMMA_DECAY
 LARGER_GAMMA_DECAY = 1e-3
 
 # Training batches the effective learning rate is averaged over, per profile.
