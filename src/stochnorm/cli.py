@@ -272,11 +272,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         )
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     overrides = {CONFIG_FLAGS[f][0]: getattr(args, CONFIG_FLAGS[f][0]) for f in REPRODUCE_FLAGS}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     out = Path(args.out or f"runs/reproduce/{args.profile}")
     lab = Lab(
-        args.profile, out / "runs", seed=args.seed, overrides=overrides,
+        args.profile, out / "runs", seed=args.seed, seeds=args.seeds, overrides=overrides,
         reuse=[Path(p) for p in args.reuse], device=args.device,
         progress=not args.no_progress, lr_search=args.lr_search,
     )  # fmt: skip
@@ -448,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--out", help="output directory (default: runs/reproduce/PROFILE)")
     p.add_argument("--seed", type=_number(int), default=0, help="seed of every run (0)")
+    p.add_argument(
+        "--seeds", type=_number(int), default=1,
+        help="seeds of every compared run (seed, seed + 1, ...; at the first seed's rate): "
+        "comparisons of 2 or more are decided on paired seed differences against 2 standard "
+        "errors, of 1 against the iterate spread of one run (default 1)",
+    )  # fmt: skip
     p.add_argument(
         "--reuse", action="append", default=[], metavar="DIR",
         help="also look for finished runs and lr searches of the same configuration here",

@@ -145,7 +145,9 @@ def _overrides(record: dict) -> str:
 def _setting(record: dict) -> str:
     """The profile of a result with the overrides it ran under, e.g. "quick, width=1.0"."""
     overrides = _overrides(record)
-    return f"{record['profile']}, {overrides}" if overrides else record["profile"]
+    seeds = record.get("seeds", 1)
+    parts = [record["profile"], *([f"{seeds} seeds"] if seeds > 1 else []), overrides]
+    return ", ".join(p for p in parts if p)
 
 
 def _anchor(record: dict) -> str:
@@ -165,7 +167,14 @@ def _hardware(record: dict) -> str:
 def _verdict_parts(verdict: dict) -> list[dict]:
     """The parts of a saved verdict, each with its status and summary (the verdict itself
     when it was not combined from parts)."""
-    return verdict.get("parts") or [{"status": verdict["status"], "summary": verdict["summary"]}]
+    return verdict.get("parts") or [
+        {k: verdict[k] for k in ("status", "summary", "rule") if k in verdict}
+    ]
+
+
+def _rules(verdict: dict) -> list[str]:
+    """The distinct decision rules a saved verdict's parts state (older records: none)."""
+    return list(dict.fromkeys(p["rule"] for p in _verdict_parts(verdict) if p.get("rule")))
 
 
 def write_reproduction_report(
@@ -231,6 +240,7 @@ def write_reproduction_report(
             f"**Verdict: the claim {r['verdict']['status']}.**",
             "",
             *[f"- {p['status']}: {p['summary']}" for p in _verdict_parts(r["verdict"])],
+            *[f"- rule: {rule}" for rule in _rules(r["verdict"])],
             *[f"- reported beside it: {note}" for note in r["verdict"].get("notes", [])],
             "",
             f"Profile `{r['profile']}`, seed {r['seed']}, overrides: {_overrides(r) or 'none'}. "

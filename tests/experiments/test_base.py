@@ -1,4 +1,5 @@
-"""The lab: configurations, caching of searches and runs, locks, parallel training, and the names of runs."""
+"""The lab: configurations, caching of searches and runs, seeds, locks, parallel training
+and the names of runs."""
 
 import json
 
@@ -10,6 +11,7 @@ from stochnorm.experiments import Lab
 from stochnorm.experiments.main_protocol import (
     SeedSpread,
 )
+from stochnorm.experiments.verdicts import SEED_RULE
 from tests.conftest import REPRODUCE_TINY
 
 
@@ -98,3 +100,35 @@ def test_config_key_depends_only_on_the_settings_that_differ_from_the_defaults()
     assert config_key(cfg) == config_key(TrainConfig(project=True, norm="analytic"))
     assert config_key(cfg) != config_key(cfg.replace(seed=1))
     assert config_key(cfg) != config_key(cfg.replace(noise_lr_factor=10.0, noise="bayes"))
+
+
+def test_seeds_share_the_first_seeds_rate_and_are_trained_once(tmp_path):
+    tiny = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50, "eval_size": 200}
+    lab = Lab("demo", tmp_path, seed=3, seeds=3, overrides=tiny, lr_search=True)
+    runs = lab.train_seeds(lab.config(norm="batch"), label="bn")
+    configs = [run.config() for run in runs]
+    assert [c.seed for c in configs] == [3, 4, 5]
+    assert len({c.lr for c in configs}) == 1  # the rate searched for seed 3
+    assert configs[1] == configs[0].replace(seed=4)
+    stamps = [run.checkpoint_path.stat().st_mtime_ns for run in runs]
+    again = lab.train_seeds(lab.config(norm="batch"), label="bn")
+    assert [run.checkpoint_path.stat().st_mtime_ns for run in again] == stamps
+
+
+def test_reproduce_with_seeds_decides_on_paired_seed_differences(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["reproduce", "fig1-bn-generalization", "--profile", "demo", "--out", str(out),
+            "--seeds", "2", *REPRODUCE_TINY]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "fig1-bn-generalization" / "result.json").read_text())
+    assert record["seeds"] == 2
+    for label in ("batch", "none"):
+        assert [s["seed"] for s in record["numbers"][label]["seeds"]] == [0, 1]
+    accuracy = record["verdict"]["parts"][1]
+    assert accuracy["rule"] == SEED_RULE and "over 2 seeds" in accuracy["summary"]
+    report = tmp_path / "REPRODUCTION.md"
+    assert main(["report", "--reproduction", str(out), "--out", str(report)]) == 0
+    text = report.read_text()
+    assert "## fig1-bn-generalization (demo, 2 seeds, width=0.1" in text
+    assert f"- rule: {SEED_RULE}" in text
+    assert main([*argv[: -len(REPRODUCE_TINY)], "--seeds", "0", *REPRODUCE_TINY]) == 2

@@ -1,11 +1,16 @@
 """Verdicts: how margins, noise and parts decide a claim."""
 
+import math
+import statistics
+
 import pytest
 
 from stochnorm.experiments.verdicts import (
     FAILS,
     HOLDS,
     INCONCLUSIVE,
+    ITERATE_RULE,
+    SEED_RULE,
     combine,
     compare,
     improvement_verdict,
@@ -54,3 +59,39 @@ def test_verdicts_compare_the_margin_with_the_noise():
         {"status": INCONCLUSIVE, "summary": "c"},
     ]  # fmt: skip
     assert "parts" not in hold.to_dict()
+
+
+def _seeded(values: dict[str, list[float]]) -> dict:
+    """A run summary with one seed entry per value of each key (and a flat history)."""
+    n = len(next(iter(values.values())))
+    seeds = [{"seed": i, **{k: v[i] for k, v in values.items()}} for i in range(n)]
+    return {"history": [{k: v[0] for k, v in values.items()}] * 12, "seeds": seeds}
+
+
+def test_paired_seeds_decide_against_two_standard_errors_of_the_mean_difference():
+    better = _seeded({"val_acc": [0.90, 0.91, 0.92], "val_loss": [0.30, 0.31, 0.29]})
+    worse = _seeded({"val_acc": [0.89, 0.905, 0.90], "val_loss": [0.30, 0.30, 0.31]})
+    numbers = {"a": better, "b": worse}
+    acc = improvement_verdict(numbers, "a", "b", "val_acc")
+    diffs = [0.01, 0.005, 0.02]
+    mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(3)
+    assert acc.margin == pytest.approx(mean) and acc.noise == pytest.approx(2 * se)
+    assert acc.status == HOLDS and acc.rule == SEED_RULE  # 0.0117 > 2 x 0.0044
+    assert "2 SE over 3 seeds" in acc.summary
+    loss = improvement_verdict(numbers, "a", "b", "val_loss")  # lower is better
+    assert loss.margin == pytest.approx(statistics.fmean([0.0, -0.01, 0.02]))
+    assert loss.status == INCONCLUSIVE
+    assert improvement_verdict(numbers, "b", "a", "val_acc").status == FAILS
+    # the rule travels with the record, part by part
+    record = combine([acc, loss]).to_dict()
+    assert [p["rule"] for p in record["parts"]] == [SEED_RULE, SEED_RULE]
+
+
+def test_one_seed_falls_back_to_the_iterate_spread_and_says_so():
+    history = [{"val_acc": 0.9 + 0.001 * (i % 2)} for i in range(12)]
+    other = [{"val_acc": 0.8} for _ in range(12)]
+    numbers = {"a": {"history": history, "seeds": [{"val_acc": 0.9005}]},
+               "b": {"history": other, "seeds": [{"val_acc": 0.8}]}}  # fmt: skip
+    found = improvement_verdict(numbers, "a", "b", "val_acc")
+    assert found.rule == ITERATE_RULE and found.status == HOLDS
+    assert found.noise == pytest.approx(statistics.stdev([r["val_acc"] for r in history[-10:]]))

@@ -92,11 +92,13 @@ class Lab:
     configuration; completed runs with the same configuration found in `reuse` directories
     (one run directory per subdirectory, as `make results-quick` leaves them) are used as
     they are. `lr_search`: None = search per run except in the demo profile (TABLE_LR).
+    `seeds`: how many seeds of each compared run `train_seeds` gives (seed, seed + 1, ...).
     Several processes may share `runs_dir`: each search and run is locked while it runs."""
 
     profile: str
     runs_dir: Path
     seed: int = 0
+    seeds: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
     reuse: Sequence[Path] = ()
     device: str = "cpu"
@@ -183,6 +185,19 @@ class Lab:
         self.used.append(run.path)
         return run
 
+    def train_seeds(self, cfg: TrainConfig, *, label: str = "run") -> list[RunDir]:
+        """The finished runs of `cfg` with the lab's `seeds` seeds cfg.seed, cfg.seed + 1, ...
+        (initialization, batch order, augmentation, noise): the first at the searched rate,
+        the others at that same rate, the split unchanged (as the paper's Fig. A.2 fixes
+        them), each trained once (`train`)."""
+        first = self.train(cfg, label=label)
+        lr = first.config().lr
+        runs = [first]
+        for k in range(1, self.seeds):
+            seeded = cfg.replace(seed=cfg.seed + k, lr=lr)
+            runs.append(self.train(seeded, label=f"{label}-seed{seeded.seed}", search_lr=False))
+        return runs
+
     def _find(self, cfg: TrainConfig) -> RunDir | None:
         for root in (*map(Path, self.reuse), self.runs_dir):
             if not root.is_dir():
@@ -257,6 +272,7 @@ def reproduce(experiment: Experiment, lab: Lab, out: Path) -> dict[str, Any]:
         "claim": experiment.claim,
         "profile": lab.profile,
         "seed": lab.seed,
+        "seeds": lab.seeds,
         "overrides": lab.overrides,
         "numbers": numbers,
         "verdict": experiment.verdict(numbers).to_dict(),

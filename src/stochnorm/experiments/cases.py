@@ -21,8 +21,10 @@ from ..config import TrainConfig
 from ..evaluation import measure_bn_noise
 from ..labels import parse_label
 from ..runs import RunDir
+from ..stats import tail_mean
 from ..train import prepare_data
 from .base import Lab, config_key, exclusive
+from .verdicts import TAIL
 
 BN_BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256)  # `stochnorm diagnose bn-noise` defaults
 
@@ -118,6 +120,31 @@ def run_summary(run: RunDir) -> dict[str, Any]:
     }
 
 
+# What a seed's summary keeps of its history: the mean over the last TAIL epochs of these.
+SEED_KEYS = ("val_acc", "val_loss", "train_loss", "train_eval_loss")
+
+
+def seeded_summary(runs: Sequence[RunDir]) -> dict[str, Any]:
+    """`run_summary` of the first run, with "seeds": per run (seed), its seed, directory
+    and the last-TAIL-epoch means of SEED_KEYS (the values paired verdicts compare)."""
+    summary = run_summary(runs[0])
+    summary["seeds"] = []
+    for run in runs:
+        metrics = run.metrics()
+        history = metrics["history"]
+        summary["seeds"].append({
+            "seed": metrics["config"]["seed"], "run": str(run.path),
+            "diverged": metrics.get("diverged", False),
+            **{key: tail_mean(history, key, TAIL) for key in SEED_KEYS
+               if any(key in row for row in history)},
+        })  # fmt: skip
+    return summary
+
+
 def trained_summaries(lab: Lab, labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """`run_summary` of the finished run of each label, trained if need be."""
-    return {label: run_summary(run) for label, run in trained_runs(lab, labels).items()}
+    """`seeded_summary` of the finished runs of each label, the lab's `seeds` of them,
+    trained if need be."""
+    return {
+        label: seeded_summary(lab.train_seeds(run_config(lab, label), label=label))
+        for label in labels
+    }

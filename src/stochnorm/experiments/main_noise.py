@@ -13,7 +13,7 @@ from typing import Any
 from ..plots import plot_bn_noise, plot_curves
 from ..stats import loglog_fit
 from .base import Experiment, Lab
-from .cases import bn_noise_measurement, run_summary, trained_runs
+from .cases import bn_noise_measurement, trained_summaries
 from .verdicts import INCONCLUSIVE, Verdict, combine, compare, diverged_parts, improvement_verdict
 
 QQ_LAYER = 6  # the layer of the paper's Q-Q plot (Fig. 4 left)
@@ -146,7 +146,7 @@ class BNLikeNoise(Experiment):
 
     def run(self, lab: Lab) -> dict[str, Any]:
         summary = bn_noise_measurement(lab)["summary"]
-        runs = {label: run_summary(run) for label, run in trained_runs(lab, FIG5_RUNS).items()}
+        runs = trained_summaries(lab, FIG5_RUNS)
         return {"sigma_v": summary["sigma_v"], "sigma_u": summary["sigma_u"], "runs": runs}
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:

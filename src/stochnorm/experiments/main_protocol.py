@@ -4,6 +4,7 @@ runs over random seeds against the iterate spread of one run (appendix A, Fig. A
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from ..plots import plot_curve_rows, plot_curves, plot_seed_spread
 from ..stats import iterate_spread, tail_mean
 from .base import Experiment, Lab
 from .cases import run_summary
-from .verdicts import INCONCLUSIVE, Verdict, combine, compare, val_acc_verdict
+from .verdicts import INCONCLUSIVE, Verdict, combine, compare, improvement_verdict
 
 TAIL = 10  # epochs over which end points are averaged (base.tail_mean's default)
 
@@ -142,7 +143,7 @@ class NormalizationBatch(Experiment):
             max(iterate_spread(h, "val_loss", TAIL) for h in (small, large)),
             f"val loss {val_loss_small:.4f} -> {val_loss_large:.4f} with normalization batch {nb}",
         )  # fmt: skip
-        accuracy = val_acc_verdict(runs, small_key, large_key, TAIL)
+        accuracy = improvement_verdict(runs, small_key, large_key, "val_acc")
         return combine([stochasticity, val_loss, accuracy])
 
 
@@ -225,7 +226,7 @@ class BatchSize(Experiment):
         by_size = numbers["runs"]["batch"]
         small, large = sizes[0], sizes[-1]
         ends = {f"BN batch {s}": by_size[s] for s in (small, large)}
-        parts.append(val_acc_verdict(ends, f"BN batch {small}", f"BN batch {large}", TAIL))
+        parts.append(improvement_verdict(ends, f"BN batch {small}", f"BN batch {large}", "val_acc"))
         # "the training loss is optimized": the larger batch fits the training data at least
         # as well, measured on the eval-mode loss (the deterministic network's fit; the
         # train-mode loss also carries BN's batch noise, which shrinks with the batch)
@@ -278,18 +279,15 @@ class SeedSpread(Experiment):
     )
 
     def run(self, lab: Lab) -> dict[str, Any]:
-        seeds = [lab.seed + i for i in range(SEEDS.get(lab.profile, DEFAULT_SEEDS))]
+        count = SEEDS.get(lab.profile, DEFAULT_SEEDS)
+        seeds = [lab.seed + i for i in range(count)]
+        if "seed" in lab.overrides:
+            raise ConfigError(f"{self.name}: the lab's overrides fix the seed; drop it")
+        seeded = dataclasses.replace(lab, seeds=count)
         runs: dict[str, dict[str, Any]] = {}
         for label, norm, project in A2_CASES.get(lab.profile, A2_CASES["default"]):
-            configs = [lab.config(norm=norm, project=project, seed=s) for s in seeds]
-            if len({cfg.seed for cfg in configs}) < len(seeds):
-                raise ConfigError(f"{self.name}: the lab's overrides fix the seed; drop it")
-            first = lab.train(configs[0], label=label)  # the learning rate is found once
-            lr = first.config().lr
-            runs[label] = {str(seeds[0]): run_summary(first)}
-            for seed, cfg in zip(seeds[1:], configs[1:], strict=True):
-                run = lab.train(cfg.replace(lr=lr), label=f"{label}-seed{seed}", search_lr=False)
-                runs[label][str(seed)] = run_summary(run)
+            found = seeded.train_seeds(lab.config(norm=norm, project=project), label=label)
+            runs[label] = {str(s): run_summary(run) for s, run in zip(seeds, found, strict=True)}
         return {"seeds": seeds, "runs": runs}
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:

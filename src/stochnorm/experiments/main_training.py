@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..plots import plot_curves
-from ..stats import tail_mean
 from .base import Experiment, Lab
 from .cases import trained_summaries
-from .verdicts import Verdict, combine, compare, val_acc_verdict
+from .verdicts import Verdict, combine, compare, improvement_verdict
 
 
 class BNGeneralization(Experiment):
@@ -38,7 +37,7 @@ class BNGeneralization(Experiment):
             f"BN training loss eval/train mode = {last['train_eval_loss']:.4f}/"
             f"{last['train_loss']:.4f} = {ratio:.2f} (paper: about 0.1)",
         )  # fmt: skip
-        return combine([gap, val_acc_verdict(numbers, "batch", "none")])
+        return combine([gap, improvement_verdict(numbers, "batch", "none", "val_acc")])
 
 
 FIG3_NORMS = ("batch", "weight", "analytic")
@@ -65,16 +64,8 @@ class Projection(Experiment):
     def verdict(self, numbers: dict[str, Any]) -> Verdict:
         parts = []
         for norm in FIG3_NORMS:
-            parts.append(val_acc_verdict(numbers, f"{norm}-proj", norm))
-            with_proj = tail_mean(numbers[f"{norm}-proj"]["history"], "val_loss")
-            without = tail_mean(numbers[norm]["history"], "val_loss")
-            parts.append(
-                compare(
-                    without - with_proj,
-                    0.0,
-                    f"val loss {norm} {without:.3f} -> {with_proj:.3f} with projection",
-                )  # fmt: skip
-            )
+            for key in ("val_acc", "val_loss"):
+                parts.append(improvement_verdict(numbers, f"{norm}-proj", norm, key))
         return combine(parts)
 
 

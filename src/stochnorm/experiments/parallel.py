@@ -27,7 +27,7 @@ def planned_runs(experiments: Sequence[Experiment]) -> list[str]:
 
 def _train_label(lab: Lab, label: str, threads: int) -> str:
     torch.set_num_threads(threads)
-    return str(lab.train(run_config(lab, label), label=label).path)
+    return str(lab.train_seeds(run_config(lab, label), label=label)[0].path)
 
 
 def train_in_parallel(lab: Lab, labels: Sequence[str], jobs: int) -> list[Path]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..stats import iterate_spread, tail_mean
+from ..stats import iterate_spread, mean_and_error, tail_mean
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
@@ -19,7 +19,8 @@ class Verdict:
     """`status`: holds / does not hold / inconclusive; `summary`: the numbers it rests on;
     `margin`: the measured difference in favour of the claim (None if not one number);
     `noise`: the spread it was compared against; `parts`: the verdicts of a claim's parts
-    (a combined claim); `notes`: numbers reported beside it that do not count toward it."""
+    (a combined claim); `notes`: numbers reported beside it that do not count toward it;
+    `rule`: how margin and noise decided it (SEED_RULE, ITERATE_RULE, ...), where stated."""
 
     status: str
     summary: str
@@ -27,6 +28,7 @@ class Verdict:
     noise: float | None = None
     parts: tuple[Verdict, ...] = ()
     notes: tuple[str, ...] = ()
+    rule: str | None = None
 
     def leaves(self) -> list[Verdict]:
         """The single-part verdicts this one is made of (itself if it has no parts)."""
@@ -35,14 +37,21 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         out = {"status": self.status, "summary": self.summary, "margin": self.margin,
                "noise": self.noise}  # fmt: skip
+        if self.rule:
+            out["rule"] = self.rule
         if self.parts:
-            out["parts"] = [{"status": v.status, "summary": v.summary} for v in self.leaves()]
+            out["parts"] = [
+                {"status": v.status, "summary": v.summary, **({"rule": v.rule} if v.rule else {})}
+                for v in self.leaves()
+            ]
         if self.notes:
             out["notes"] = list(self.notes)
         return out
 
 
-def compare(margin: float, noise: float, summary: str, *, threshold: float = 0.0) -> Verdict:
+def compare(
+    margin: float, noise: float, summary: str, *, threshold: float = 0.0, rule: str | None = None
+) -> Verdict:
     """The claim "margin > threshold": holds when the margin exceeds it by more than `noise`,
     does not hold when it falls short by more than `noise`, else inconclusive."""
     if margin - threshold > noise:
@@ -51,7 +60,7 @@ def compare(margin: float, noise: float, summary: str, *, threshold: float = 0.0
         status = FAILS
     else:
         status = INCONCLUSIVE
-    return Verdict(status, summary, margin, noise)
+    return Verdict(status, summary, margin, noise, rule=rule)
 
 
 def combine(verdicts: Sequence[Verdict]) -> Verdict:
@@ -62,33 +71,62 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
     return Verdict(status, summary, parts=tuple(verdicts))
 
 
-def _tail(numbers: Mapping[str, Any], better: str, worse: str, key: str, lower: bool):
-    """(margin in favour of `better`, the larger iterate spread, the two tail means) of
-    `key` over the last TAIL epochs; `lower`: smaller values are better."""
-    a, b = numbers[better]["history"], numbers[worse]["history"]
-    ma, mb = tail_mean(a, key, TAIL), tail_mean(b, key, TAIL)
-    noise = max(iterate_spread(a, key, TAIL), iterate_spread(b, key, TAIL))
-    return (mb - ma if lower else ma - mb), noise, ma, mb
+SEED_RULE = (
+    "paired seeds: the mean over seeds of the difference of the two runs' last-10-epoch means "
+    "against 2 standard errors of that mean (holds above +2 SE, does not hold below -2 SE)"
+)
+ITERATE_RULE = (
+    "one seed: the difference of the last-10-epoch means against the larger iterate spread "
+    "(standard deviation over those epochs) of the two runs"
+)
+
+
+def _seed_values(entry: Mapping[str, Any], key: str) -> list[float]:
+    """The last-TAIL-epoch means of `key` of every seed of a run summary (`cases.seeded_summary`),
+    or [] for a summary without seeds."""
+    return [seed[key] for seed in entry.get("seeds", ()) if key in seed]
+
+
+def tail_difference(
+    numbers: Mapping[str, Any], better: str, worse: str, key: str, lower: bool
+) -> tuple[float, float, float, float, str, int]:
+    """(margin in favour of `better`, its noise, the two means, the rule, seeds) for `key`
+    over the last TAIL epochs; `lower`: smaller values are better. With two or more seeds of
+    each run (paired by seed) the margin is the mean paired difference and the noise twice
+    its standard error (SEED_RULE); with one, the difference of the tail means against the
+    larger iterate spread (ITERATE_RULE)."""
+    sign = -1.0 if lower else 1.0
+    a, b = _seed_values(numbers[better], key), _seed_values(numbers[worse], key)
+    if min(len(a), len(b)) >= 2:
+        n = min(len(a), len(b))
+        differences = [sign * (x - y) for x, y in zip(a[:n], b[:n], strict=True)]
+        margin, se = mean_and_error(differences)
+        return margin, 2 * se, mean_and_error(a[:n])[0], mean_and_error(b[:n])[0], SEED_RULE, n
+    ha, hb = numbers[better]["history"], numbers[worse]["history"]
+    ma, mb = tail_mean(ha, key, TAIL), tail_mean(hb, key, TAIL)
+    noise = max(iterate_spread(ha, key, TAIL), iterate_spread(hb, key, TAIL))
+    return sign * (ma - mb), noise, ma, mb, ITERATE_RULE, 1
 
 
 def improvement_verdict(
     numbers: Mapping[str, Any], better: str, worse: str, key: str, *, tolerant: bool = False
 ) -> Verdict:
-    """The claim "`better` improves `key` (val_acc: higher, val_loss: lower) over `worse`"
-    on the means of the last TAIL epochs against the larger iterate spread of the two.
-    `tolerant`: the weaker claim "`better` is not worse by more than the spread" (an
-    insignificant improvement, as the paper says of analytic norm in Fig. 5)."""
+    """The claim "`better` improves `key` (val_acc: higher, losses: lower) over `worse`" on
+    the means of the last TAIL epochs (`tail_difference`: paired seeds, or one seed's
+    iterate spread). `tolerant`: the weaker claim "`better` is not worse by more than the
+    noise" (an insignificant improvement, as the paper says of analytic norm in Fig. 5)."""
     lower = key != "val_acc"
-    margin, noise, ma, mb = _tail(numbers, better, worse, key, lower)
+    margin, noise, ma, mb, rule, seeds = tail_difference(numbers, better, worse, key, lower)
     scale, unit = (100, "%") if key == "val_acc" else (1, "")
+    spread = f"2 SE over {seeds} seeds" if seeds > 1 else "iterate spread"
     text = (
         f"{key} {better} {scale * ma:.3f}{unit} vs {worse} {scale * mb:.3f}{unit} (margin "
-        f"{scale * margin:+.3f}, iterate spread {scale * noise:.3f})"
+        f"{scale * margin:+.3f}, {spread} {scale * noise:.3f})"
     )
     if tolerant:
         return Verdict(HOLDS if margin >= -noise else FAILS, text + ", not worse by more "
-                       "than the spread", margin, noise)  # fmt: skip
-    return compare(margin, noise, text)
+                       "than the noise", margin, noise, rule=rule)  # fmt: skip
+    return compare(margin, noise, text, rule=rule)
 
 
 def diverged_parts(runs: Mapping[str, Mapping[str, Any]]) -> list[Verdict]:
@@ -99,17 +137,3 @@ def diverged_parts(runs: Mapping[str, Mapping[str, Any]]) -> list[Verdict]:
         for label, entry in runs.items()
         if entry.get("diverged")
     ]
-
-
-def val_acc_verdict(numbers: dict, better: str, worse: str, last: int = 10) -> Verdict:
-    """The claim "run `better` reaches a higher validation accuracy than `worse`", on the
-    mean of the last `last` epochs against the larger iterate spread of the two."""
-    a, b = numbers[better]["history"], numbers[worse]["history"]
-    margin = tail_mean(a, "val_acc", last) - tail_mean(b, "val_acc", last)
-    noise = max(iterate_spread(a, "val_acc", last), iterate_spread(b, "val_acc", last))
-    return compare(
-        margin, noise,
-        f"val acc {better} {100 * tail_mean(a, 'val_acc', last):.2f}% vs {worse} "
-        f"{100 * tail_mean(b, 'val_acc', last):.2f}% (margin {100 * margin:+.2f}, iterate "
-        f"spread {100 * noise:.2f})",
-    )  # fmt: skip
