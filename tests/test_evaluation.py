@@ -1,14 +1,20 @@
-"""Run-level tasks: `measure_bn_noise` against `bn_noise` on the loaded run itself."""
+"""Run-level tasks: `measure_bn_noise` against `bn_noise` on the loaded run itself, and
+the temperature scaling that `evaluate_run` reports."""
+
+import dataclasses
 
 import pytest
 import torch
 
+from stochnorm import data as datasets
+from stochnorm import metrics
 from stochnorm.checkpoint import save_checkpoint, save_json
 from stochnorm.config import TrainConfig
 from stochnorm.diagnostics import bn_noise, summarize_bn_noise
 from stochnorm.errors import ConfigError
-from stochnorm.evaluation import load_run, measure_bn_noise
+from stochnorm.evaluation import load_run, measure_bn_noise, temperature_scaled
 from stochnorm.experiments.main_noise import fig4_numbers
+from stochnorm.prediction import predict_probs
 from stochnorm.train import build_model
 
 
@@ -18,8 +24,6 @@ def bn_run(tmp_path_factory):
     batches (no optimization step), as measure_bn_noise reads it."""
     path = tmp_path_factory.mktemp("bn-run")
     cfg = TrainConfig.from_profile("demo", width=0.1, subset=0.005, eval_train_size=50)
-    from stochnorm import data as datasets
-
     data = datasets.prepare(cfg.dataset, subset=cfg.subset, split_seed=cfg.split_seed)
     model = build_model(cfg, data).train()
     with torch.no_grad():
@@ -71,3 +75,17 @@ def model_channels(model, layer):
     from stochnorm.norms import BatchNorm
 
     return [m for m in model.modules() if isinstance(m, BatchNorm)][layer - 1].num_features
+
+
+def test_temperature_scaling_is_fitted_on_validation_and_applied_to_test(bn_run):
+    cfg, data, model = load_run(bn_run)
+    cfg = cfg.replace(eval_size=500)
+    data = dataclasses.replace(data, val=data.val.head(500), test=data.test.head(500))
+    found = temperature_scaled(model, data, 250, "cpu")
+    val = predict_probs(model, data.val)
+    assert found["temperature"] == pytest.approx(metrics.fit_temperature(val, data.val.y))
+    test = metrics.temperature_scale(predict_probs(model, data.test), found["temperature"])
+    assert found["test"] == pytest.approx(metrics.summary(test, data.test.y))
+    # the argmax, hence the accuracy, is that of the unscaled single pass
+    plain = metrics.summary(predict_probs(model, data.test), data.test.y)
+    assert found["test"]["accuracy"] == plain["accuracy"]

@@ -77,3 +77,25 @@ def test_bad_shapes_and_score_are_rejected():
         metrics.accuracy(PROBS, LABELS[:2])
     with pytest.raises(ValueError, match="rejection score"):
         metrics.error_coverage(PROBS, LABELS, score="margin")
+
+
+def test_temperature_scaling_fits_the_temperature_that_made_the_data():
+    # labels drawn from softmax(z), predictions softmax(2 z): overconfident by T = 2
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 5, generator=g) * 1.5
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
+    over = torch.softmax(2 * z, 1)
+    t = metrics.fit_temperature(over, labels)
+    assert t == pytest.approx(2.0, rel=0.03)
+    scaled = metrics.temperature_scale(over, t)
+    assert torch.allclose(scaled, torch.softmax(z, 1).double(), atol=0.02)
+    assert metrics.nll(scaled, labels) < metrics.nll(over, labels)
+    # the minimum of a brute-force grid over T, to the grid's spacing
+    grid = torch.linspace(1.5, 2.5, 201)
+    losses = [metrics.nll(metrics.temperature_scale(over, float(s)), labels) for s in grid]
+    assert t == pytest.approx(float(grid[int(torch.tensor(losses).argmin())]), abs=0.006)
+    # calibrated predictions keep T = 1, and the accuracy never changes
+    assert metrics.fit_temperature(torch.softmax(z, 1), labels) == pytest.approx(1.0, rel=0.03)
+    assert metrics.accuracy(scaled, labels) == metrics.accuracy(over, labels)
+    with pytest.raises(ValueError, match="temperature"):
+        metrics.temperature_scale(over, 0.0)

@@ -11,13 +11,20 @@ import torch
 from torch import nn
 
 from . import data as datasets
+from . import metrics
 from .checkpoint import save_json
 from .config import TrainConfig
 from .diagnostics import analytic_statistics, bn_noise, independence_error, summarize_bn_noise
 from .errors import ConfigError
 from .noise import noise_modules
 from .plots import plot_error_coverage, plot_robustness
-from .prediction import fgsm_robustness, learned_noise, noise_robustness, uncertainty_report
+from .prediction import (
+    fgsm_robustness,
+    learned_noise,
+    noise_robustness,
+    predict_probs,
+    uncertainty_report,
+)
 from .provenance import provenance
 from .runs import RunDir
 from .train import (
@@ -58,8 +65,9 @@ def evaluate_run(
     `error_coverage.png` there (with `robustness_size` > 0 also `robustness.png`): final
     metrics, the uncertainty report on the test set (single pass, and MC-K for each K in
     `samples` when the model has noise; "samples" lists those used, "requested_samples"
-    those asked for), the learned sigma_S / s per layer, and accuracy under Gaussian input
-    noise and FGSM on the first `robustness_size` test images."""
+    those asked for), the single pass after temperature scaling fitted on the validation
+    set, the learned sigma_S / s per layer, and accuracy under Gaussian input noise and FGSM
+    on the first `robustness_size` test images."""
     device = resolve_device(device)
     out = Path(path)
     cfg, data, model = load_run(out, device=device)
@@ -70,6 +78,7 @@ def evaluate_run(
     )  # fmt: skip
     result = {
         "metrics": final_metrics(model, data, cfg, device),
+        "temperature_scaled": temperature_scaled(model, data, cfg.eval_batch_size, device),
         "requested_samples": requested,
         "samples": list(samples),
         "robustness_size": robustness_size,
@@ -94,6 +103,18 @@ def evaluate_run(
     save_json(result, RunDir(out).evaluation_path)
     plot_error_coverage({out.name: test}, out / "error_coverage.png")
     return result
+
+
+def temperature_scaled(
+    model: nn.Module, data: datasets.Splits, batch_size: int, device: torch.device | str
+) -> dict[str, Any]:
+    """The single pass after post-hoc temperature scaling, the standard fix of a network's
+    calibration: one temperature fitted on the validation set (`metrics.fit_temperature`),
+    applied to the test set: {"temperature", "test": accuracy, NLL, ECE, Brier}."""
+    kwargs = {"batch_size": batch_size, "device": device}
+    temperature = metrics.fit_temperature(predict_probs(model, data.val, **kwargs), data.val.y)
+    test = metrics.temperature_scale(predict_probs(model, data.test, **kwargs), temperature)
+    return {"temperature": temperature, "test": metrics.summary(test, data.test.y)}
 
 
 def measure_bn_noise(

@@ -90,3 +90,43 @@ def summary(probs: Tensor, labels: Tensor) -> dict[str, float]:
         "ece": ece(probs, labels),
         "brier": brier(probs, labels),
     }
+
+
+def temperature_scale(probs: Tensor, temperature: float) -> Tensor:
+    """The probabilities softmax(log p / T) [N, C]: post-hoc temperature scaling (Guo et
+    al., 2017). Dividing the log-probabilities equals dividing the logits, since the two
+    differ by a constant per sample that the softmax removes."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return torch.softmax(probs.double().clamp_min(_TINY).log() / temperature, dim=1)
+
+
+def fit_temperature(
+    probs: Tensor, labels: Tensor, *, low: float = 0.05, high: float = 20.0, steps: int = 100
+) -> float:
+    """The one temperature T in [low, high] that minimizes the NLL of `temperature_scale(
+    probs, T)` on (probs, labels), e.g. a validation set: golden-section search on log T
+    (the NLL is convex in 1 / T), to a relative precision of about 1e-9."""
+    _check(probs, labels)
+    if not 0 < low < high:
+        raise ValueError(f"need 0 < low < high, got {low} and {high}")
+    logp = probs.double().clamp_min(_TINY).log()
+
+    def loss(log_t: float) -> float:
+        scaled = torch.log_softmax(logp / torch.tensor(log_t).exp(), dim=1)
+        return -scaled.gather(1, labels[:, None]).mean().item()
+
+    a, b = torch.tensor(low).log().item(), torch.tensor(high).log().item()
+    ratio = (5**0.5 - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    for _ in range(steps):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    return float(torch.tensor((a + b) / 2).exp())
