@@ -7,12 +7,14 @@ import math
 import torch
 
 from stochnorm.experiments.bjorck import (
-    Conditioning,
     high_rate_accuracy_verdict,
-    lyapunov_exponents,
     order_of_magnitude_verdict,
-    product_conditioning,
     stable_bracket,
+)
+from stochnorm.experiments.bjorck_conditioning import (
+    Conditioning,
+    lyapunov_exponents,
+    product_conditioning,
 )
 from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE
 from stochnorm.stats import linear_fit

@@ -42,6 +42,11 @@ TABLE_LR: dict[tuple[str, bool, str | None], float] = {
 }
 
 
+def per_profile(lab: Lab, table: dict[str, Any]) -> Any:
+    """The entry of `table` for the lab's profile (the "quick" one for unlisted profiles)."""
+    return table.get(lab.profile, table["quick"])
+
+
 def table_lr(cfg: TrainConfig) -> float:
     """The tabulated rate for `cfg`'s normalization: the exact case, else the same norm and
     projection without noise, else the same norm, else 0.01."""

@@ -23,7 +23,7 @@ from ..labels import parse_label
 from ..runs import RunDir
 from ..stats import tail_mean
 from ..train import prepare_data
-from .base import Lab, config_key, exclusive
+from .base import Lab, config_key, exclusive, per_profile
 from .verdicts import TAIL
 
 BN_BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256)  # `stochnorm diagnose bn-noise` defaults
@@ -45,7 +45,7 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 
 def profile_settings(lab: Lab) -> dict[str, Any]:
     """The measurement settings of `lab`'s profile (quick's for an unlisted profile)."""
-    return PROFILE_SETTINGS.get(lab.profile, _QUICK)
+    return per_profile(lab, PROFILE_SETTINGS)
 
 
 def bn_noise_measurement(lab: Lab) -> dict[str, Any]:
