@@ -1,0 +1,78 @@
+"""Predictions on a whole split: the uncertainty report, the robustness curves and the
+learned noise per layer, against direct computations on small models."""
+
+import pytest
+import torch
+from torch import nn
+
+from stochnorm import add_noise, metrics
+from stochnorm.data import Split
+from stochnorm.norms import make_norm
+from stochnorm.prediction import (
+    fgsm_robustness,
+    learned_noise,
+    loss_and_accuracy,
+    noise_robustness,
+    predict_probs,
+    uncertainty_report,
+)
+
+
+def _linear_problem(n: int = 600):
+    """A logistic-regression model and data it classifies well (but not perfectly)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 8, generator=g)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.multinomial(torch.softmax(2 * x @ w.T, 1), 1, generator=g).squeeze(1)
+    model = nn.Sequential(nn.Linear(8, 3), nn.LogSoftmax(1))
+    with torch.no_grad():
+        model[0].weight.copy_(2 * w)
+        model[0].bias.zero_()
+    return model.eval(), Split(x, y)
+
+
+def test_uncertainty_report_of_a_deterministic_model_is_its_summary_and_curves():
+    model, data = _linear_problem()
+    report = uncertainty_report(model, data, samples=(10,), batch_size=128)
+    # without noise every sampled pass is the single pass
+    assert report["mc10"]["nll"] == pytest.approx(report["single"]["nll"], rel=1e-6)
+    probs = torch.softmax(2 * data.x @ model[0].weight.T / 2, 1)
+    single = report["single"]
+    assert single["nll"] == pytest.approx(metrics.nll(probs, data.y), rel=1e-6)
+    coverage, error = metrics.error_coverage(probs, data.y, "entropy")
+    assert single["aurc_entropy"] == pytest.approx(error.mean().item(), rel=1e-6)
+    curve = single["curve_entropy"]
+    assert len(curve["coverage"]) == 100 and curve["coverage"][-1] == pytest.approx(1.0)
+    assert curve["error"][-1] == pytest.approx(1 - single["accuracy"])
+    nll, acc = loss_and_accuracy(model, data, batch_size=64)
+    assert (nll, acc) == pytest.approx((single["nll"], single["accuracy"]), rel=1e-6)
+
+
+def test_robustness_curves_start_at_the_clean_accuracy_and_fgsm_beats_random_signs():
+    model, data = _linear_problem()
+    clean = metrics.accuracy(predict_probs(model, data), data.y)
+    gaussian = noise_robustness(model, data, (0.0, 1.0, 3.0))
+    assert gaussian[0]["accuracy"] == clean
+    assert gaussian[2]["accuracy"] < gaussian[0]["accuracy"]
+    fgsm = fgsm_robustness(model, data, (0.0, 0.3))
+    assert fgsm[0]["accuracy"] == clean
+    # the attack's sign is the gradient's: worse than random signs of the same size
+    g = torch.Generator().manual_seed(1)
+    signs = torch.randint(0, 2, data.x.shape, generator=g) * 2.0 - 1
+    random = metrics.accuracy(predict_probs(model, Split(data.x + 0.3 * signs, data.y)), data.y)
+    assert fgsm[1]["accuracy"] < random - 0.1
+    # by hand for the linear model: sign of d NLL / dx = sign((p - onehot) @ W)
+    p = torch.softmax(model[0](data.x), 1)
+    grad = (p - nn.functional.one_hot(data.y, 3)) @ model[0].weight
+    by_hand = predict_probs(model, Split(data.x + 0.3 * grad.sign(), data.y))
+    assert fgsm[1]["accuracy"] == metrics.accuracy(by_hand, data.y)
+
+
+def test_learned_noise_reports_sigma_s_over_s_per_layer():
+    conv = nn.Conv2d(1, 4, 3, bias=False)
+    net = nn.Sequential(conv, make_norm("weight", 4, conv))
+    add_noise(net, "bayes", sigma_s=0.2)
+    with torch.no_grad():
+        net[1].weight.fill_(2.0)
+    assert learned_noise(net) == [{"layer": 1, "sigma_s_over_s": pytest.approx(0.1)}]
+    assert learned_noise(nn.Sequential(nn.Linear(2, 2))) == []
