@@ -92,7 +92,8 @@ def _uncertainty_section(runs: Sequence[RunDir], out: Path) -> list[str]:
     labels = [_mode_label(m) for m in modes]
     header = (
         ["run"] + [f"acc % {x}" for x in labels] + [f"NLL {x}" for x in labels]
-        + [f"ECE {x}" for x in labels] + [f"AURC % {x}" for x in labels] + ["sigma_S / s"]
+        + [f"ECE {x}" for x in labels] + [f"AURC % {x}" for x in labels]
+        + ["T", "NLL single, T-scaled", "ECE single, T-scaled", "sigma_S / s"]
     )  # fmt: skip
     lines = [
         "## Test set: single pass and Monte-Carlo prediction",
@@ -107,9 +108,14 @@ def _uncertainty_section(runs: Sequence[RunDir], out: Path) -> list[str]:
             return [fmt(test[m][key]) if m in test else "-" for m in modes]
 
         ratios = [r["sigma_s_over_s"] for r in ev.get("learned_noise", [])]
+        scaled = ev.get("temperature_scaled")  # absent in evaluations before it existed
+        calibrated = (
+            [f"{scaled['temperature']:.2f}", f"{scaled['test']['nll']:.3f}",
+             f"{scaled['test']['ece']:.3f}"] if scaled else ["-"] * 3
+        )  # fmt: skip
         row = (
             [run.name] + cells("accuracy", _pct) + cells("nll", "{:.3f}".format)
-            + cells("ece", "{:.3f}".format) + cells("aurc_entropy", _pct)
+            + cells("ece", "{:.3f}".format) + cells("aurc_entropy", _pct) + calibrated
             + [" ".join(f"{r:.2f}" for r in ratios) if ratios else "-"]
         )  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
@@ -119,8 +125,9 @@ def _uncertainty_section(runs: Sequence[RunDir], out: Path) -> list[str]:
         "",
         "MC-K averages the softmax of K noisy passes (learned or BN-like noise on); models "
         "without noise have only the single pass. AURC: area under the error-vs-coverage "
-        "curve, rejecting by predictive entropy. sigma_S / s: learned noise per layer "
-        "(mean over channels).",
+        "curve, rejecting by predictive entropy. T: the temperature fitted on the validation "
+        "set (post-hoc temperature scaling of the single pass; '-': evaluated before it was "
+        "reported). sigma_S / s: learned noise per layer (mean over channels).",
         "",
         "![error vs coverage](error_coverage.png)",
         "",
