@@ -10,7 +10,7 @@ from stochnorm.checkpoint import load_json
 from stochnorm.config import TrainConfig
 from stochnorm.errors import ConfigError
 from stochnorm.labelled import label_config
-from stochnorm.labels import POPULATION_GAMMA_DECAY, format_label, parse_label
+from stochnorm.labels import POPULATION_GAMMA_DECAY, SIGMA_FROM_BN, format_label, parse_label
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "quick"
 BN_NOISE = RESULTS.parent / "bn-noise" / "bn-noise.json"
@@ -90,3 +90,16 @@ def test_the_committed_screen_and_long_runs_follow_from_their_labels(folder, ove
     for run in runs:
         lr_file = RESULTS / (lr or f"lr-find-{run.name}.json")
         assert TrainConfig.load(run / "config.json") == _expected(run, overrides, lr_file), run
+
+
+def test_learned_noise_from_bns_level_with_adam():
+    label = "analytic-proj-bayes-sbn-f30-adam"
+    assert parse_label(label) == {"norm": "analytic", "project": True, "noise": "bayes",
+                                  "sigma_s": SIGMA_FROM_BN, "noise_lr_factor": 30.0,
+                                  "noise_optimizer": "adam"}  # fmt: skip
+    cfg = label_config(label, "quick", noise_from=BN_NOISE)
+    measured = load_json(BN_NOISE)["summary"]["sigma_u"]
+    assert cfg.sigma_s == tuple(measured) and len(cfg.sigma_s) == 9
+    assert format_label(cfg.to_dict()) == label
+    with pytest.raises(ConfigError, match="needs --noise-from"):
+        label_config(label, "quick")

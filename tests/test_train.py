@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from stochnorm import RunDirError, TrainConfig, load_run, train
+from stochnorm import data as datasets
+from stochnorm.bayes import elbo_loss_term
+from stochnorm.errors import ConfigError
+from stochnorm.noise import noise_modules
 from stochnorm.norms import BatchNorm
 from stochnorm.runs import RunDir
+from stochnorm.train import build_model, make_model, make_optimizer
 
 TINY = dict(width=0.1, epochs=2, lr=0.05, lr_decay_epochs=2, eval_train_size=64)
 
@@ -269,3 +274,53 @@ def test_noise_lr_factor_scales_only_the_step_of_the_noise_parameters():
     for name, step in moved[1.0].items():
         expected = step * 7.0 if name in noise_names else step
         torch.testing.assert_close(moved[7.0][name], expected, rtol=1e-9, atol=1e-15)
+
+
+def test_adam_steps_the_noise_parameters_by_their_rate_and_sgd_the_rest(tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "norm": "analytic", "noise": "bayes", "noise_lr_factor": 3.0,
+                         "noise_optimizer": "adam"})  # fmt: skip
+    model = build_model(cfg, tiny_fashion)
+    optimizer = make_optimizer(cfg, model)
+    kinds = [type(opt).__name__ for opt in optimizer.optimizers]
+    assert kinds == ["SGD", "Adam"]
+    noise = [p for m in noise_modules(model) for p in m.parameters()]
+    assert optimizer.optimizers[1].param_groups[0]["params"] == noise
+    assert optimizer.optimizers[1].param_groups[0]["lr"] == pytest.approx(3 * cfg.lr)
+    before = [p.detach().clone() for p in noise]
+    x, y = tiny_fashion.train.x[:32], tiny_fashion.train.y[:32]
+    loss = torch.nn.functional.nll_loss(model.train()(x), y) + elbo_loss_term(cfg.kl_factor, 256)(
+        model
+    )
+    optimizer.zero_grad()
+    loss.backward()
+    grads = [p.grad.clone() for p in noise]
+    optimizer.step()
+    # Adam's first step: the rate times g / (|g| + eps) (bias-corrected moments), about the
+    # rate times the sign of the gradient, whatever its size
+    for p, b, g in zip(noise, before, grads, strict=True):
+        expected = 3 * cfg.lr * g / (g.abs() + 1e-8)
+        assert torch.allclose(b - p.detach(), expected, rtol=1e-4, atol=1e-7)
+        assert (g.abs() > 1e-4).sum() > 0  # most steps are the full rate
+
+
+def test_a_run_with_adam_for_the_noise_resumes_exactly(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 3, "norm": "weight", "project": True,
+                         "noise": "bayes", "noise_optimizer": "adam", "lr": 0.01})  # fmt: skip
+    reference = train(cfg, tmp_path / "a", data=tiny_fashion, progress=False).metrics
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", data=tiny_fashion, progress=False,
+              after_step=[_interrupt_after(8 + 3)])  # fmt: skip
+    resumed = train(cfg, tmp_path / "b", data=tiny_fashion, progress=False, resume=True).metrics
+    assert _strip_times(resumed) == _strip_times(reference)
+
+
+def test_initial_sigma_s_per_layer():
+    cfg = TrainConfig(norm="weight", noise="bayes", sigma_s=[0.05] * 8 + [0.2], width=0.1)
+    assert cfg.sigma_s == (0.05,) * 8 + (0.2,)
+    shapes = datasets.Splits("x", *[datasets.Split(torch.zeros(2, 1, 28, 28), torch.zeros(2).long())] * 3,
+                             (0.0,), (1.0,), tuple("abcdefghij"), "none")  # fmt: skip
+    model = make_model(cfg, shapes)
+    sigmas = [m.sigma_s.mean().item() for m in noise_modules(model)]
+    assert sigmas == pytest.approx([0.05] * 8 + [0.2], rel=1e-5)
+    with pytest.raises(ConfigError, match="noise_optimizer"):
+        TrainConfig(noise_optimizer="rmsprop")

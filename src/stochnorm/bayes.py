@@ -26,7 +26,7 @@ def add_noise(
     model: nn.Module,
     noise: str,
     *,
-    sigma_s: float = 0.1,
+    sigma_s: float | Sequence[float] = 0.1,
     per_channel: bool = True,
     prior_sigma: float = 10.0,
     sigma_v: float | Sequence[float] = 0.0,
@@ -36,7 +36,8 @@ def add_noise(
 
     `noise="bn-like"`: fixed BN-like noise with `sigma_v`, `sigma_u` (a scalar for all
     layers or one value per normalization layer, in order). `noise="bayes"`: learned scale
-    noise initialized at `sigma_s`, with prior N(1, prior_sigma^2). The bayes model is
+    noise initialized at `sigma_s` (likewise one value or one per layer), with prior
+    N(1, prior_sigma^2). The bayes model is
     `(z + b) S`: to keep the function of a trained `z s + b`, b is divided by s.
     """
     layers = normalizations(model)
@@ -56,7 +57,7 @@ def add_noise(
         ):
             layer.noise = BNLikeNoise(layer.num_features, v, u)
     elif noise == "bayes":
-        for layer in layers:
+        for layer, sigma in zip(layers, per_layer(sigma_s, "sigma_s"), strict=True):
             if not isinstance(layer.noise, ScaleNoise):
                 with torch.no_grad():
                     layer.bias.div_(
@@ -65,7 +66,7 @@ def add_noise(
                         )
                     )
             layer.noise = ScaleNoise(
-                layer.num_features, sigma_s, per_channel=per_channel, prior_sigma=prior_sigma
+                layer.num_features, sigma, per_channel=per_channel, prior_sigma=prior_sigma
             )
     else:
         raise ValueError(f"unknown noise {noise!r}; choose 'bn-like' or 'bayes'")

@@ -71,6 +71,9 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--noise-lr-factor": (
         "noise_lr_factor", float, "bayes: learning rate of sigma_S as a multiple of --lr (1)",
     ),
+    "--noise-optimizer": (
+        "noise_optimizer", str, "bayes: sgd (default) or adam for the noise parameters",
+    ),
     "--seed": ("seed", int, "seed of initialization, batch order, augmentation and noise"),
     "--split-seed": ("split_seed", int, "seed of the fixed 90/10 train/validation split"),
     "--eval-train-size": (
@@ -178,7 +181,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args, noise_from=False)
-    for key in ("lr", "norm", "project", "noise", "gamma_decay", "groups"):
+    label_keys = ("lr", "norm", "project", "noise", "gamma_decay", "groups", "sigma_s",
+                  "noise_lr_factor", "kl_factor", "noise_optimizer", "population_gradient")  # fmt: skip
+    for key in label_keys:
         if key in overrides:
             raise ConfigError(f"the labels set {key}; drop --{key.replace('_', '-')}")
     runs = run_labels(

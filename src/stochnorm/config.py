@@ -35,7 +35,8 @@ class TrainConfig:
     `sigma_u` (multiplicative) after every normalization; a value for all layers or one per layer)
     or "bayes" (learned scale noise starting at `sigma_s`, one per channel or per layer, trained on
     the ELBO with the KL term weighted by `kl_factor`; the noise parameters step at
-    `noise_lr_factor` times the learning rate, without weight decay). `data_init` applies the
+    `noise_lr_factor` times the learning rate, without weight decay, by SGD or, with
+    `noise_optimizer="adam"`, by Adam; `sigma_s` one value for all layers or one per layer). `data_init` applies the
     data-dependent initialization of appendix A.1 to the plain network and to weight norm.
     `norm_batch` is the number of samples the normalization statistics are computed over: the
     training batch plus `norm_batch - batch_size` other random training samples in the same forward
@@ -67,10 +68,11 @@ class TrainConfig:
     noise: str | None = None
     sigma_v: float | tuple[float, ...] = 0.0
     sigma_u: float | tuple[float, ...] = 0.0
-    sigma_s: float = 0.1
+    sigma_s: float | tuple[float, ...] = 0.1
     sigma_s_per_layer: bool = False
     kl_factor: float = 1.0
     noise_lr_factor: float = 1.0
+    noise_optimizer: str = "sgd"
     seed: int = 0
     split_seed: int = 0
     eval_train_size: int = 1000
@@ -113,7 +115,14 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
             values = value if isinstance(value, tuple) else (value,)
             need(all(v >= 0 for v in values), f"{name} must be >= 0")
-        need(self.sigma_s > 0, f"sigma_s must be > 0, got {self.sigma_s}")
+        if isinstance(self.sigma_s, list | tuple):  # one initial value per layer
+            object.__setattr__(self, "sigma_s", tuple(float(v) for v in self.sigma_s))
+        values = self.sigma_s if isinstance(self.sigma_s, tuple) else (self.sigma_s,)
+        need(all(v > 0 for v in values), f"sigma_s must be > 0, got {self.sigma_s}")
+        need(
+            self.noise_optimizer in ("sgd", "adam"),
+            f"unknown noise_optimizer {self.noise_optimizer!r}; choose sgd or adam",
+        )
         need(self.kl_factor >= 0, f"kl_factor must be >= 0, got {self.kl_factor}")
         need(
             math.isfinite(self.noise_lr_factor) and self.noise_lr_factor > 0,

@@ -16,7 +16,7 @@ from .checkpoint import load_json, save_json
 from .config import TrainConfig
 from .errors import ConfigError
 from .evaluation import evaluate_run
-from .labels import parse_label
+from .labels import SIGMA_FROM_BN, parse_label
 from .lr_search import lr_find
 from .runs import RunDir
 from .train import train
@@ -38,12 +38,15 @@ def label_config(
     noise_from: Path | None = None,
 ) -> TrainConfig:
     """The configuration of run `label` in `profile`, with `overrides` on top (their lr is
-    the profile's unless overridden); a "-bnlike" label takes its sigmas from `noise_from`."""
+    the profile's unless overridden); a "-bnlike" label takes its sigmas from `noise_from`,
+    and a "-sbn" label its initial sigma_S per layer (BN's measured sigma_U)."""
     settings = parse_label(label)
-    if settings.get("noise") == "bn-like":
+    bn_like = settings.get("noise") == "bn-like"
+    if bn_like or settings.get("sigma_s") == SIGMA_FROM_BN:
         if noise_from is None:
-            raise ConfigError(f"{label}: BN-like noise needs --noise-from BN_NOISE_JSON")
-        settings.update(bn_like_sigmas(noise_from))
+            raise ConfigError(f"{label}: BN's measured noise needs --noise-from BN_NOISE_JSON")
+        sigmas = bn_like_sigmas(noise_from)
+        settings.update(sigmas if bn_like else {"sigma_s": sigmas["sigma_u"]})
     return TrainConfig.from_profile(profile, **{**settings, **(overrides or {})})
 
 

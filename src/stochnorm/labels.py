@@ -3,7 +3,7 @@
 
     label   := NORM ["-proj"] ["-gN"] ["-gdV"] ["-detached"] [NOISE]
     NORM    := none | batch | weight | analytic | population | group | layer
-    NOISE   := "-bnlike" | "-bayes" ["-sV"] ["-fV"] ["-kV"]
+    NOISE   := "-bnlike" | "-bayes" ["-sV" | "-sbn"] ["-fV"] ["-kV"] ["-adam"]
 
 - `-proj`: projection of the scale-invariant weights onto ||w|| = 1 (`project`);
 - `-gN`: group norm with N groups (`groups`, group norm only);
@@ -12,8 +12,10 @@
 - `-detached`: population norm's statistics as constants in the backward pass;
 - `-bnlike`: BN-like noise (its per-layer sigmas come from a BN noise measurement, which the
   caller supplies: they are not part of the label);
-- `-bayes`: learned scale noise, with `-sV` its initial sigma_S, `-fV` the step factor of the
-  noise parameters (`noise_lr_factor`), `-kV` the KL weight (`kl_factor`).
+- `-bayes`: learned scale noise, with `-sV` its initial sigma_S (`-sbn`: per layer, BN's
+  measured sigma_U, which the caller supplies like the BN-like sigmas), `-fV` the step
+  factor of the noise parameters (`noise_lr_factor`), `-kV` the KL weight (`kl_factor`),
+  `-adam` Adam instead of SGD for the noise parameters (`noise_optimizer`).
 
 Examples: `batch-proj`, `analytic-proj-bayes-f30`, `analytic-proj-bayes-s0.03-f10`,
 `population-proj`, `group-proj-g8` (suffixes come in the order above).
@@ -29,12 +31,14 @@ from .errors import ConfigError
 from .norms import Norm
 
 POPULATION_GAMMA_DECAY = 1e-4  # population norm's default gamma decay in a label
+SIGMA_FROM_BN = "bn"  # parse_label's sigma_s for "-sbn": the caller puts BN's sigma_U there
 
 _NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?"
 _GRAMMAR = re.compile(
     rf"^(?P<norm>[a-z]+)(?P<proj>-proj)?(?:-g(?P<groups>\d+))?(?:-gd(?P<gd>{_NUMBER}))?"
     r"(?P<detached>-detached)?(?:(?P<bnlike>-bnlike)|(?P<bayes>-bayes)"
-    rf"(?:-s(?P<sigma_s>{_NUMBER}))?(?:-f(?P<f>{_NUMBER}))?(?:-k(?P<k>{_NUMBER}))?)?$"
+    rf"(?:-s(?P<sigma_s>{_NUMBER}|bn))?(?:-f(?P<f>{_NUMBER}))?(?:-k(?P<k>{_NUMBER}))?"
+    r"(?P<adam>-adam)?)?$"
 )
 
 
@@ -45,7 +49,7 @@ def parse_label(label: str) -> dict[str, Any]:
     if found is None:
         raise ConfigError(
             f"run label {label!r} does not read as NORM[-proj][-gN][-gdV][-detached]"
-            "[-bnlike|-bayes[-sV][-fV][-kV]] (see stochnorm.labels)"
+            "[-bnlike|-bayes[-sV|-sbn][-fV][-kV][-adam]] (see stochnorm.labels)"
         )
     norm = Norm.parse(found["norm"])
     gd, sigma_s, factor, kl = found["gd"], found["sigma_s"], found["f"], found["k"]
@@ -68,9 +72,15 @@ def parse_label(label: str) -> dict[str, Any]:
         settings["noise"] = "bn-like"
     if found["bayes"]:
         settings["noise"] = "bayes"
-        for key, text in (("sigma_s", sigma_s), ("noise_lr_factor", factor), ("kl_factor", kl)):
+        if sigma_s == SIGMA_FROM_BN:
+            settings["sigma_s"] = SIGMA_FROM_BN
+        elif sigma_s is not None:
+            settings["sigma_s"] = float(sigma_s)
+        for key, text in (("noise_lr_factor", factor), ("kl_factor", kl)):
             if text is not None:
                 settings[key] = float(text)
+        if found["adam"]:
+            settings["noise_optimizer"] = "adam"
     return settings
 
 
@@ -95,8 +105,15 @@ def format_label(settings: dict[str, Any]) -> str:
         parts.append("bnlike")
     elif noise == "bayes":
         parts.append("bayes")
-        for key, letter in (("sigma_s", "s"), ("noise_lr_factor", "f"), ("kl_factor", "k")):
+        sigma_s = settings.get("sigma_s", defaults["sigma_s"])
+        if sigma_s == SIGMA_FROM_BN or isinstance(sigma_s, list | tuple):
+            parts.append("sbn")
+        elif sigma_s != defaults["sigma_s"]:
+            parts.append(f"s{sigma_s:g}")
+        for key, letter in (("noise_lr_factor", "f"), ("kl_factor", "k")):
             value = settings.get(key, defaults[key])
             if value != defaults[key]:
                 parts.append(f"{letter}{value:g}")
+        if settings.get("noise_optimizer", "sgd") == "adam":
+            parts.append("adam")
     return "-".join(parts)

@@ -19,7 +19,7 @@ from typing import Any
 from ..checkpoint import load_json, save_json
 from ..config import TrainConfig
 from ..evaluation import measure_bn_noise
-from ..labels import parse_label
+from ..labels import SIGMA_FROM_BN, parse_label
 from ..runs import RunDir
 from ..stats import tail_mean
 from ..train import prepare_data
@@ -73,11 +73,13 @@ def bn_noise_measurement(lab: Lab) -> dict[str, Any]:
 def run_config(lab: Lab, label: str) -> TrainConfig:
     """The configuration of run `label` (`stochnorm.labels`) in the lab; a "-bnlike" label
     gets the per-layer sigma_V, sigma_U measured on the lab's BN run at its training batch
-    size."""
+    size, a "-sbn" label that sigma_U as its initial sigma_S."""
     settings = parse_label(label)
     if settings.get("noise") == "bn-like":
         summary = bn_noise_measurement(lab)["summary"]
         settings.update(sigma_v=tuple(summary["sigma_v"]), sigma_u=tuple(summary["sigma_u"]))
+    if settings.get("sigma_s") == SIGMA_FROM_BN:  # learned noise starting at BN's level
+        settings["sigma_s"] = tuple(bn_noise_measurement(lab)["summary"]["sigma_u"])
     return lab.config(**settings)
 
 
