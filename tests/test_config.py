@@ -72,3 +72,14 @@ def test_per_layer_bn_like_sigmas_round_trip(tmp_path):
         TrainConfig(norm="weight", noise="bn-like", sigma_v=[0.1, -0.2])
     with pytest.raises(ConfigError, match="noise needs a normalization"):
         TrainConfig(norm="none", noise="bayes")
+
+
+def test_ghost_batches_are_checked_where_they_enter():
+    assert TrainConfig(ghost_batch=8).ghost_batch == 8
+    for changes, message in [
+        ({"ghost_batch": 5}, "must divide batch_size"),
+        ({"ghost_batch": 8, "norm": "analytic"}, "batch norm only"),
+        ({"ghost_batch": 8, "norm_batch": 64}, "do not combine"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**changes)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stochnorm import add_noise, fold, kl_divergence, project_
 from stochnorm.norms import BatchNorm, Norm, make_norm, normalizations
@@ -174,3 +175,37 @@ def test_group_norm_cannot_be_folded_and_carries_noise():
     assert not torch.allclose(net.train()(x), net.train()(x))  # sampled scales
     assert torch.equal(net.eval()(x), net.eval()(x))
     assert kl_divergence(net) > 0
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_ghost_batches_normalize_each_group_by_its_own_statistics(noise):
+    torch.manual_seed(4)
+    ours = BatchNorm(5)
+    ours.ghost_batch = 4
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.bias.normal_()
+    if noise:
+        add_noise(nn.Sequential(ours), "bayes", sigma_s=1e-6)  # nearly no noise: compare
+    u = torch.randn(12, 5, 3, 3) * 2 + 1
+    out = ours.train()(u)
+    # each group of 4 through torch's batch norm in train mode, the affine after it
+    s, b = ours.weight.view(1, -1, 1, 1), ours.bias.view(1, -1, 1, 1)
+    if noise:  # the bayes model is (z + b) S, its b already divided by s by add_noise
+        expected = torch.cat([(F.batch_norm(g, None, None, training=True) + b) * s
+                              for g in u.split(4)])  # fmt: skip
+    else:
+        expected = torch.cat([F.batch_norm(g, None, None, training=True) * s + b
+                              for g in u.split(4)])  # fmt: skip
+    assert torch.allclose(out, expected, atol=1e-4)
+    # the running estimates follow the first group only (the replica DDP broadcasts)
+    first = u[:4].transpose(0, 1).flatten(1)
+    assert torch.allclose(ours.running_mean, 0.1 * first.mean(1), atol=1e-6)
+    assert torch.allclose(ours.running_var, 0.9 + 0.1 * first.var(1), atol=1e-5)
+    # evaluation uses the running estimates, whatever the ghost batch
+    ref = nn.BatchNorm2d(5).eval()
+    ref.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("noise")})
+    if not noise:
+        assert torch.allclose(ours.eval()(u), ref(u), atol=1e-5)
+    with pytest.raises(ValueError, match="does not split into ghost batches of 4"):
+        ours.train()(u[:10])

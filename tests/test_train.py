@@ -324,3 +324,12 @@ def test_initial_sigma_s_per_layer():
     assert sigmas == pytest.approx([0.05] * 8 + [0.2], rel=1e-5)
     with pytest.raises(ConfigError, match="noise_optimizer"):
         TrainConfig(noise_optimizer="rmsprop")
+
+
+def test_ghost_batches_reach_every_batch_norm_and_change_training(tiny_fashion):
+    plain = train(TrainConfig(**TINY), data=tiny_fashion, progress=False)
+    ghost = train(TrainConfig(**{**TINY, "ghost_batch": 4}), data=tiny_fashion, progress=False)
+    layers = [m for m in ghost.model.modules() if isinstance(m, BatchNorm)]
+    assert layers and all(m.ghost_batch == 4 for m in layers)
+    first = [r["train_loss"] for r in ghost.metrics["history"]]
+    assert math.isfinite(first[-1]) and first != [r["train_loss"] for r in plain.metrics["history"]]

@@ -56,6 +56,11 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
         "samples in the normalization statistics: the training batch plus random others "
         "(default: the training batch alone)",
     ),
+    "--ghost-batch": (
+        "ghost_batch", int,
+        "batch norm: statistics over groups of this many samples of the batch (data-parallel "
+        "training without synchronized BN, emulated; default: the whole batch)",
+    ),
     "--momentum": ("momentum", float, "Nesterov momentum (0.9)"),
     "--weight-decay": ("weight_decay", float, "L2 weight decay (0)"),
     "--gamma-decay": (
@@ -182,7 +187,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args, noise_from=False)
     label_keys = ("lr", "norm", "project", "noise", "gamma_decay", "groups", "sigma_s",
-                  "noise_lr_factor", "kl_factor", "noise_optimizer", "population_gradient")  # fmt: skip
+                  "noise_lr_factor", "kl_factor", "noise_optimizer", "population_gradient",
+                  "ghost_batch")  # fmt: skip
     for key in label_keys:
         if key in overrides:
             raise ConfigError(f"the labels set {key}; drop --{key.replace('_', '-')}")

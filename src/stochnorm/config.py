@@ -41,7 +41,9 @@ class TrainConfig:
     `norm_batch` is the number of samples the normalization statistics are computed over: the
     training batch plus `norm_batch - batch_size` other random training samples in the same forward
     pass, the loss taken on the training batch only (paper Fig. 2); None means the training batch
-    alone. `eval_size` keeps only the first images of the validation and test sets (None: the whole
+    alone. `ghost_batch` = k: batch norm's statistics over each group of k samples of the batch
+    (data-parallel training on batch_size / k replicas without synchronized statistics,
+    emulated in one process). `eval_size` keeps only the first images of the validation and test sets (None: the whole
     sets, as the paper's protocol; a number only for smoke tests).
     """
 
@@ -57,6 +59,7 @@ class TrainConfig:
     lr_decay_epochs: float = 30.0
     batch_size: int = 32
     norm_batch: int | None = None
+    ghost_batch: int | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
     augment: bool = True
@@ -100,6 +103,13 @@ class TrainConfig:
             self.norm_batch is None or self.norm_batch >= self.batch_size,
             f"norm_batch ({self.norm_batch}) must be >= batch_size ({self.batch_size})",
         )
+        if self.ghost_batch is not None:
+            need(self.norm == Norm.BATCH.value, "ghost_batch applies to batch norm only")
+            need(
+                self.ghost_batch >= 1 and self.batch_size % self.ghost_batch == 0,
+                f"ghost_batch ({self.ghost_batch}) must divide batch_size ({self.batch_size})",
+            )
+            need(self.norm_batch is None, "ghost_batch and norm_batch do not combine")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.gamma_decay >= 0, f"gamma_decay must be >= 0, got {self.gamma_decay}")

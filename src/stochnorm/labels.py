@@ -1,12 +1,13 @@
 """Run labels: one short name per training case, parsed and produced here alone (the CLI's
 `stochnorm runs`, the reproduction lab and the Makefile all go through these functions).
 
-    label   := NORM ["-proj"] ["-gN"] ["-gdV"] ["-detached"] [NOISE]
+    label   := NORM ["-proj"] ["-gN"] ["-ghostK"] ["-gdV"] ["-detached"] [NOISE]
     NORM    := none | batch | weight | analytic | population | group | layer
     NOISE   := "-bnlike" | "-bayes" ["-sV" | "-sbn"] ["-fV"] ["-kV"] ["-adam"]
 
 - `-proj`: projection of the scale-invariant weights onto ||w|| = 1 (`project`);
 - `-gN`: group norm with N groups (`groups`, group norm only);
+- `-ghostK`: batch norm's statistics over groups of K samples (`ghost_batch`, batch norm only);
 - `-gdV`: gamma decay V (`gamma_decay`); a population-norm label without it has Luo et al.'s
   decay POPULATION_GAMMA_DECAY, `-gd0` none;
 - `-detached`: population norm's statistics as constants in the backward pass;
@@ -35,7 +36,8 @@ SIGMA_FROM_BN = "bn"  # parse_label's sigma_s for "-sbn": the caller puts BN's s
 
 _NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?"
 _GRAMMAR = re.compile(
-    rf"^(?P<norm>[a-z]+)(?P<proj>-proj)?(?:-g(?P<groups>\d+))?(?:-gd(?P<gd>{_NUMBER}))?"
+    r"^(?P<norm>[a-z]+)(?P<proj>-proj)?(?:-g(?P<groups>\d+))?(?:-ghost(?P<ghost>\d+))?"
+    rf"(?:-gd(?P<gd>{_NUMBER}))?"
     r"(?P<detached>-detached)?(?:(?P<bnlike>-bnlike)|(?P<bayes>-bayes)"
     rf"(?:-s(?P<sigma_s>{_NUMBER}|bn))?(?:-f(?P<f>{_NUMBER}))?(?:-k(?P<k>{_NUMBER}))?"
     r"(?P<adam>-adam)?)?$"
@@ -48,7 +50,7 @@ def parse_label(label: str) -> dict[str, Any]:
     found = _GRAMMAR.match(label)
     if found is None:
         raise ConfigError(
-            f"run label {label!r} does not read as NORM[-proj][-gN][-gdV][-detached]"
+            f"run label {label!r} does not read as NORM[-proj][-gN][-ghostK][-gdV][-detached]"
             "[-bnlike|-bayes[-sV|-sbn][-fV][-kV][-adam]] (see stochnorm.labels)"
         )
     norm = Norm.parse(found["norm"])
@@ -60,6 +62,10 @@ def parse_label(label: str) -> dict[str, Any]:
         if norm is not Norm.GROUP:
             raise ConfigError(f"run label {label!r}: -gN sets the groups of group norm only")
         settings["groups"] = int(found["groups"])
+    if found["ghost"]:
+        if norm is not Norm.BATCH:
+            raise ConfigError(f"run label {label!r}: -ghostK applies to batch norm only")
+        settings["ghost_batch"] = int(found["ghost"])
     if gd is not None:
         settings["gamma_decay"] = float(gd)
     elif norm is Norm.POPULATION:
@@ -94,6 +100,8 @@ def format_label(settings: dict[str, Any]) -> str:
     defaults = TrainConfig().to_dict()
     if norm is Norm.GROUP and settings.get("groups", defaults["groups"]) != defaults["groups"]:
         parts.append(f"g{settings['groups']}")
+    if settings.get("ghost_batch") is not None:
+        parts.append(f"ghost{settings['ghost_batch']}")
     gd = settings.get("gamma_decay", 0.0)
     default_gd = POPULATION_GAMMA_DECAY if norm is Norm.POPULATION else 0.0
     if gd != default_gd:

@@ -135,13 +135,19 @@ class BatchNorm(_Normalization):
     """Batch normalization (Ioffe & Szegedy; main paper eq. 1 and 4): in training, mu and
     sigma^2 are the mean and biased variance of u over the batch and spatial positions
     (n = k·z values per channel); running averages of them (unbiased variance, as PyTorch)
-    are used in evaluation. Numerically the same as `torch.nn.BatchNorm2d`."""
+    are used in evaluation. Numerically the same as `torch.nn.BatchNorm2d`.
+
+    `ghost_batch` = k: in training, the statistics are those of each group of k consecutive
+    samples of the batch (Hoffer et al.'s ghost batches; what each replica computes in
+    data-parallel training without synchronized BN), the running estimates those of the
+    first group."""
 
     def __init__(
         self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *, device=None,
         dtype=None,
     ) -> None:  # fmt: skip
         self.momentum = momentum
+        self.ghost_batch: int | None = None
         super().__init__(num_features, eps, device=device, dtype=dtype)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
@@ -177,6 +183,13 @@ class BatchNorm(_Normalization):
         self.num_batches_tracked += 1
 
     def forward(self, u: Tensor) -> Tensor:
+        if self.training and self.ghost_batch is not None and len(u) > self.ghost_batch:
+            self._check_input(u)
+            z = self._ghost_normalize(u)
+            if self.noise is not None:
+                return self.noise(z, self.weight, self.bias)
+            shape = (1, -1) + (1,) * (u.ndim - 2)
+            return torch.addcmul(self.bias.view(shape), z, self.weight.view(shape))
         if self.noise is not None:
             return super().forward(u)
         # the fused kernel computes the same as the base formula, faster
@@ -188,8 +201,25 @@ class BatchNorm(_Normalization):
             self.training, self.momentum, self.eps,
         )  # fmt: skip
 
+    def _ghost_normalize(self, u: Tensor) -> Tensor:
+        """`(u - mu) / sigma` with mu, sigma of each group of `ghost_batch` consecutive
+        samples (data-parallel training without synchronized statistics, each group one
+        replica's batch); the running estimates follow the first group, as a replica's
+        would that DDP broadcasts to the others."""
+        if len(u) % self.ghost_batch:
+            raise ValueError(
+                f"a batch of {len(u)} does not split into ghost batches of {self.ghost_batch}"
+            )
+        groups = u.split(self.ghost_batch)
+        out = [F.batch_norm(groups[0], self.running_mean, self.running_var, None, None, True,
+                            self.momentum, self.eps)]  # fmt: skip
+        out += [F.batch_norm(g, None, None, None, None, True, 0.0, self.eps) for g in groups[1:]]
+        self.num_batches_tracked += 1
+        return torch.cat(out)
+
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        ghost = f", ghost_batch={self.ghost_batch}" if self.ghost_batch is not None else ""
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{ghost}"
 
 
 class WeightNorm(_Normalization):

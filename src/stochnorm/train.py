@@ -33,7 +33,7 @@ from .checkpoint import save_checkpoint, save_json
 from .config import TrainConfig
 from .errors import ConfigError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
-from .norms import Norm, PopulationNorm, gamma_decay, normalizations
+from .norms import BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
 from .plots import plot_curves
 from .prediction import loss_and_accuracy, nll_loss, predict_probs
 from .projection import parameter_groups, project_
@@ -89,6 +89,8 @@ def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
     for layer in normalizations(model):
         if isinstance(layer, PopulationNorm):
             layer.gradient = cfg.population_gradient
+        elif isinstance(layer, BatchNorm):
+            layer.ghost_batch = cfg.ghost_batch
     if cfg.noise is not None:
         add_noise(
             model, cfg.noise, sigma_s=cfg.sigma_s, per_channel=not cfg.sigma_s_per_layer,
