@@ -78,6 +78,9 @@ def test_train_evaluate_report_end_to_end(tmp_path, capsys):
     assert main(["evaluate", str(run)]) == 0
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["metrics"]["test"] == pytest.approx(metrics["final"]["test"])
+    # a BN run also gets MC batch norm at the default sample counts, and temperature scaling
+    assert set(evaluation["mc_batchnorm"]) == {"mc10", "mc30"}
+    assert evaluation["temperature_scaled"]["temperature"] > 0
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| run |" in report and f"{100 * metrics['final']['test']['accuracy']:.2f}" in report

@@ -13,6 +13,7 @@ from stochnorm.prediction import (
     learned_noise,
     loss_and_accuracy,
     noise_robustness,
+    predict_mc_batchnorm,
     predict_probs,
     uncertainty_report,
 )
@@ -76,3 +77,40 @@ def test_learned_noise_reports_sigma_s_over_s_per_layer():
         net[1].weight.fill_(2.0)
     assert learned_noise(net) == [{"layer": 1, "sigma_s_over_s": pytest.approx(0.1)}]
     assert learned_noise(nn.Sequential(nn.Linear(2, 2))) == []
+
+
+def test_mc_batch_norm_normalizes_by_random_training_batches():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(8, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4),
+                          nn.BatchNorm1d(4), nn.LogSoftmax(1))  # fmt: skip
+    train = Split(torch.randn(200, 8) * 2 + 1, torch.zeros(200, dtype=torch.long))
+    with torch.no_grad():
+        for m in (model[1], model[4]):
+            m.weight.uniform_(0.5, 2)
+            m.bias.normal_()
+        model.train()(train.x)  # running estimates that differ from any one batch's
+    data = Split(torch.randn(50, 8), torch.zeros(50, dtype=torch.long))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    found = predict_mc_batchnorm(model.eval(), data, train, (2, 3), stats_batch=16,
+                                 generator=torch.Generator().manual_seed(7))  # fmt: skip
+    # by hand: the same batches, each layer normalized with that batch's (biased) moments
+    g = torch.Generator().manual_seed(7)
+    expected, draws = 0, {}
+    for k in range(1, 4):
+        b = train.x[torch.randint(200, (16,), generator=g)]
+        h, x = b, data.x
+        for lin, bn in ((model[0], model[1]), (model[3], model[4])):
+            hb, hx = lin(h), lin(x)
+            mean, var = hb.mean(0), hb.var(0, unbiased=False)
+            h = (hb - mean) / (var + bn.eps).sqrt() * bn.weight + bn.bias
+            x = (hx - mean) / (var + bn.eps).sqrt() * bn.weight + bn.bias
+            if lin is model[0]:
+                h, x = h.relu(), x.relu()
+        expected = expected + torch.softmax(x, 1)
+        draws[k] = (expected / k).detach()
+    assert set(found) == {2, 3}
+    assert all(torch.allclose(found[k], draws[k], atol=1e-5) for k in (2, 3))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not model.training
+    with pytest.raises(ValueError, match="batch normalization"):
+        predict_mc_batchnorm(nn.Sequential(nn.Linear(8, 4)), data, train, (2,))

@@ -22,6 +22,7 @@ from .prediction import (
     fgsm_robustness,
     learned_noise,
     noise_robustness,
+    predict_mc_batchnorm,
     predict_probs,
     uncertainty_report,
 )
@@ -86,6 +87,10 @@ def evaluate_run(
         "learned_noise": learned_noise(model),
         "provenance": provenance(device),
     }
+    if cfg.norm == "batch" and any(k > 1 for k in requested):
+        result["mc_batchnorm"] = mc_batchnorm_report(
+            model, data, cfg, tuple(k for k in requested if k > 1), device, seed
+        )
     if robustness_size:
         subset = data.test.head(robustness_size)
         modes = {"single": 0, **({f"mc{samples[0]}": samples[0]} if samples else {})}
@@ -103,6 +108,26 @@ def evaluate_run(
     save_json(result, RunDir(out).evaluation_path)
     plot_error_coverage({out.name: test}, out / "error_coverage.png")
     return result
+
+
+def mc_batchnorm_report(
+    model: nn.Module,
+    data: datasets.Splits,
+    cfg: TrainConfig,
+    samples: tuple[int, ...],
+    device: torch.device | str,
+    seed: int,
+) -> dict[str, Any]:
+    """MC batch norm of a BN run on the test set (`prediction.predict_mc_batchnorm`): per K
+    in `samples`, accuracy, NLL, ECE, Brier of the average over K passes, each with the
+    statistics of one random (unaugmented) training batch of the run's per-replica size
+    (`ghost_batch`, else `batch_size`)."""
+    g = torch.Generator().manual_seed(seed)
+    found = predict_mc_batchnorm(
+        model, data.test, data.train, samples, stats_batch=cfg.ghost_batch or cfg.batch_size,
+        batch_size=cfg.eval_batch_size, device=device, generator=g,
+    )  # fmt: skip
+    return {f"mc{k}": metrics.summary(probs, data.test.y) for k, probs in found.items()}
 
 
 def temperature_scaled(

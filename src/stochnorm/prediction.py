@@ -3,6 +3,8 @@ training loop measures every epoch and what `stochnorm.evaluation` reports for a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -11,7 +13,7 @@ from . import metrics
 from .bayes import predict, predict_running
 from .data import Split
 from .noise import ScaleNoise
-from .norms import normalizations
+from .norms import BatchNorm, normalizations
 
 
 def predict_probs(
@@ -27,6 +29,68 @@ def predict_probs(
     pass with mean parameters, or the MC average over `samples` noisy passes."""
     probs = predict(model, data.x.to(device), samples, generator=generator, batch_size=batch_size)
     return probs.cpu()
+
+
+@torch.no_grad()
+def predict_mc_batchnorm(
+    model: nn.Module,
+    data: Split,
+    train: Split,
+    samples: Sequence[int],
+    *,
+    stats_batch: int = 32,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> dict[int, Tensor]:
+    """Monte-Carlo batch normalization (Teye et al., 2018): for each K in `samples`, the
+    average of the class probabilities [N, C] of the first K of max(samples) passes over
+    `data` (one sequence of draws, as `bayes.predict_running`), each normalizing every batch norm
+    with the statistics of one random batch of `stats_batch` images from `train` (mean and
+    biased variance, as in training: each layer's from the batch normalized by the layers
+    before it), instead of the running estimates. Batch norm as `torch.nn` or stochnorm's;
+    the model, its running estimates and its mode are left as they were."""
+    layers = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | BatchNorm)
+    ]
+    if not layers:
+        raise ValueError("MC batch norm needs a model with batch normalization")
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in layers]  # fmt: skip
+    captured: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+
+    def capture(module: nn.Module, inputs: tuple) -> None:
+        u = inputs[0]
+        var, mean = torch.var_mean(u, [0, *range(2, u.ndim)], correction=0)
+        captured[module] = (mean, var)
+
+    total, averages = None, {}
+    was_training = model.training
+    handles = [m.register_forward_pre_hook(capture) for m in layers]
+    try:
+        for k in range(1, max(samples) + 1):
+            idx = torch.randint(len(train), (stats_batch,), generator=generator)
+            model.train()(train.x[idx].to(device))  # each layer sees the batch-normalized one
+            for m in layers:
+                m.running_mean.copy_(captured[m][0])
+                m.running_var.copy_(captured[m][1])
+            for h in handles:
+                h.remove()
+            handles = []
+            probs = predict_probs(model.eval(), data, batch_size=batch_size, device=device)
+            total = probs if total is None else total + probs
+            if k in samples:
+                averages[k] = total / k
+            handles = [m.register_forward_pre_hook(capture) for m in layers]
+    finally:
+        for h in handles:
+            h.remove()
+        for m, (mean, var, count) in zip(layers, saved, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+        model.train(was_training)
+    return averages
 
 
 def uncertainty_report(
