@@ -5,6 +5,7 @@ evaluations are shared: `cases.evaluated_runs` trains and evaluates each once.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..plots import plot_curves, plot_error_coverage, plot_grouped_bars, plot_robustness
-from ..stats import binomial_se, iterate_spread, tail_mean
+from ..runs import RunDir
+from ..stats import binomial_se
 from .base import Experiment, Lab
 from .cases import (
     count_test_images,
@@ -20,17 +22,19 @@ from .cases import (
     evaluated_runs,
     profile_settings,
     run_config,
-    run_summary,
-    trained_runs,
+    seeded_summary,
 )
 from .verdicts import (
     FAILS,
-    TAIL,
+    HOLDS,
+    SEED_RULE,
+    TOLERANCE_RULE,
     Verdict,
     combine,
     compare,
     diverged_parts,
     improvement_verdict,
+    paired_seeds,
 )
 
 TABLE1_RUNS = (
@@ -139,30 +143,38 @@ class BayesTable(Experiment):
         "averages over the scale posterior lower the NLL further (CIFAR-10: weight norm val "
         "loss 0.4 single pass, 0.25 MC-10); analytic norm + projection + Bayes reaches BN + "
         "projection's test accuracy (CIFAR-10: 94.4% vs 94.1%) at a much lower NLL (MC-10 "
-        "0.22 vs 0.29; our target: at most 0.75 times BN + projection's)."
+        "0.22 vs 0.29)."
     )
 
     def run(self, lab: Lab) -> dict[str, Any]:
-        runs = trained_runs(lab, self.runs)
         numbers: dict[str, Any] = {
             "samples": list(profile_settings(lab)["samples"]),
-            "test_size": count_test_images(runs["batch"]),
             "runs": {},
             "table": {},
         }
-        for label, run in runs.items():
-            entry = {**run_summary(run), "noise": run.config().noise}
+        for label in self.runs:
+            seeds = lab.train_seeds(run_config(lab, label), label=label)
+            entry = {**seeded_summary(seeds), "noise": seeds[0].config().noise}
             if label in TABLE1_RUNS or label in COUNTERPARTS.values():
-                evaluation = evaluate(lab, run)
-                test = {mode: {k: v for k, v in e.items() if not k.startswith("curve_")}
-                        for mode, e in evaluation["test"].items()}  # fmt: skip
-                entry.update(test=test, learned_noise=evaluation["learned_noise"])
-                row = {"accuracy": test["single"]["accuracy"]}
-                for mode, e in test.items():
+                for run, seed in zip(seeds, entry["seeds"], strict=True):
+                    evaluation = evaluate(lab, run)
+                    seed["test"] = {mode: {k: e[k] for k in ("accuracy", "nll", "ece")}
+                                    for mode, e in evaluation["test"].items()}  # fmt: skip
+                    if "temperature_scaled" in evaluation:
+                        seed["temperature_scaled"] = evaluation["temperature_scaled"]
+                    if run == seeds[0]:
+                        entry["test"] = {
+                            mode: {k: v for k, v in e.items() if not k.startswith("curve_")}
+                            for mode, e in evaluation["test"].items()
+                        }  # fmt: skip
+                        entry["learned_noise"] = evaluation["learned_noise"]
+                row = {"accuracy": entry["test"]["single"]["accuracy"]}
+                for mode, e in entry["test"].items():
                     row[f"nll_{mode}"] = e["nll"]
                     row[f"ece_{mode}"] = e["ece"]
                 numbers["table"][label] = row
             numbers["runs"][label] = entry
+        numbers["test_size"] = count_test_images(RunDir(numbers["runs"]["batch"]["run"]))
         return numbers
 
     def plot(self, numbers: dict[str, Any], out: Path) -> list[Path]:
@@ -182,40 +194,100 @@ class BayesTable(Experiment):
         return figures
 
     def verdict(self, numbers: dict[str, Any]) -> Verdict:
+        """The paper's claims decide it (Bayes improves WN and AN in val accuracy and loss,
+        MC averages lower the test NLL, AN + Bayes reaches BN + projection's accuracy at a
+        lower NLL); our goal (MC NLL at most 0.75 x BN + projection's, 0.9 x its
+        temperature-scaled NLL) is reported beside it as notes."""
         runs, n = numbers["runs"], numbers["test_size"]
         mc = f"mc{numbers['samples'][0]}"
         parts = []
         for bayes, det in COUNTERPARTS.items():
             parts += [improvement_verdict(runs, bayes, det, key) for key in ("val_acc", "val_loss")]
         for bayes in COUNTERPARTS:
-            test = runs[bayes]["test"]
-            single, sampled = test["single"]["nll"], test[mc]["nll"]
-            others = ", ".join(f"{mode_name(m)} {e['nll']:.3f}" for m, e in test.items())
-            parts.append(compare(
-                single - sampled, NLL_TOLERANCE * single,
-                f"{bayes} test NLL {others} (tolerance {100 * NLL_TOLERANCE:.0f}% of the "
-                "single pass)",
+            parts.append(_test_verdict(
+                runs, bayes, mc, bayes, "single", "nll", n,
+                f"{bayes} test NLL {mode_name(mc)} below the single pass",
             ))  # fmt: skip
-        an, bn = runs["analytic-proj-bayes"]["test"], runs["batch-proj"]["test"]["single"]
-        acc_an, acc_bn = an["single"]["accuracy"], bn["accuracy"]
-        parts.append(compare(
-            acc_an - acc_bn, math.hypot(binomial_se(acc_an, n), binomial_se(acc_bn, n)),
-            f"target: test acc analytic-proj-bayes {100 * acc_an:.2f}% >= batch-proj "
-            f"{100 * acc_bn:.2f}% (noise: binomial SE of the difference on {n} images)",
+        parts.append(_test_verdict(
+            runs, "analytic-proj-bayes", "single", "batch-proj", "single", "accuracy", n,
+            "test acc analytic-proj-bayes reaches batch-proj's", tolerant=True,
         ))  # fmt: skip
-        ratio = an[mc]["nll"] / bn["nll"]
-        spread = max(
-            iterate_spread(runs[k]["history"], "val_loss", TAIL)
-            / tail_mean(runs[k]["history"], "val_loss", TAIL)
-            for k in ("analytic-proj-bayes", "batch-proj")
+        parts.append(_test_verdict(
+            runs, "analytic-proj-bayes", mc, "batch-proj", "single", "nll", n,
+            f"{mode_name(mc)} test NLL analytic-proj-bayes below batch-proj's single pass",
+        ))  # fmt: skip
+        return dataclasses.replace(
+            combine(parts + diverged_parts(runs)), notes=tuple(_goal_notes(runs, mc))
         )
-        parts.append(compare(
-            0.75 - ratio, max(NLL_TOLERANCE, spread) * ratio,
-            f"target: {mode_name(mc)} test NLL analytic-proj-bayes {an[mc]['nll']:.3f} <= 0.75 x "
-            f"batch-proj {bn['nll']:.3f} (ratio {ratio:.2f}; noise: the larger of "
-            f"{100 * NLL_TOLERANCE:.0f}% and the relative iterate spread of the val loss)",
-        ))  # fmt: skip
-        return combine(parts + diverged_parts(runs))
+
+
+def _test_values(entry: Mapping[str, Any], mode: str, key: str) -> list[float]:
+    return [seed["test"][mode][key] for seed in entry.get("seeds", ()) if "test" in seed]
+
+
+def _test_verdict(
+    runs: Mapping[str, Any], a: str, a_mode: str, b: str, b_mode: str, key: str, n: int,
+    text: str, *, tolerant: bool = False,
+) -> Verdict:  # fmt: skip
+    """The claim that run `a` in mode `a_mode` beats `b` in `b_mode` on test `key` (accuracy:
+    higher; nll: lower), or with `tolerant` is not worse beyond the noise: paired over
+    seeds against 2 SE (SEED_RULE), with one seed against the binomial standard error of
+    an accuracy difference on n images or NLL_TOLERANCE of an NLL (TOLERANCE_RULE)."""
+    sign = 1.0 if key == "accuracy" else -1.0
+    va, vb = _test_values(runs[a], a_mode, key), _test_values(runs[b], b_mode, key)
+    paired = paired_seeds(va, vb)
+    if paired is not None:
+        diff, noise, seeds = paired
+        rule, spread = SEED_RULE, f"2 SE over {seeds} seeds"
+    else:
+        x, y = runs[a]["test"][a_mode][key], runs[b]["test"][b_mode][key]
+        diff = x - y
+        if key == "accuracy":
+            noise = math.hypot(binomial_se(x, n), binomial_se(y, n))
+        else:
+            noise = NLL_TOLERANCE * max(x, y)
+        rule, spread = TOLERANCE_RULE, "tolerance"
+    margin = sign * diff
+    scale = 100 if key == "accuracy" else 1
+    summary = (
+        f"{text}: {a} {scale * mean_or_first(va, runs[a]['test'][a_mode][key]):.3f} vs {b} "
+        f"{scale * mean_or_first(vb, runs[b]['test'][b_mode][key]):.3f} (margin "
+        f"{scale * margin:+.3f}, {spread} {scale * noise:.3f})"
+    )
+    if tolerant:
+        return Verdict(HOLDS if margin >= -noise else FAILS, summary + ", not worse beyond "
+                       "the noise", margin, noise, rule=rule)  # fmt: skip
+    return compare(margin, noise, summary, rule=rule)
+
+
+def mean_or_first(values: Sequence[float], first: float) -> float:
+    return sum(values) / len(values) if len(values) > 1 else first
+
+
+def _goal_notes(runs: Mapping[str, Any], mc: str) -> list[str]:
+    """Our goal for the proposed method, beside the paper's claims: its MC test NLL at most
+    0.75 x BN + projection's single pass and 0.9 x BN + projection's after temperature
+    scaling (the NLL a practitioner would get from BN), as mean ratios over seeds."""
+    an = _test_values(runs["analytic-proj-bayes"], mc, "nll")
+    bn = _test_values(runs["batch-proj"], "single", "nll")
+    notes = []
+    if an and bn:
+        ratios = [x / y for x, y in zip(an, bn, strict=False)]
+        notes.append(
+            f"our goal: {mode_name(mc)} test NLL analytic-proj-bayes / batch-proj = "
+            f"{sum(ratios) / len(ratios):.2f} over {len(ratios)} seed(s) (goal <= 0.75)"
+        )
+    scaled = [s["temperature_scaled"]["test"]["nll"] for s in runs["batch-proj"]["seeds"]
+              if "temperature_scaled" in s]  # fmt: skip
+    if an and scaled:
+        ratios = [x / y for x, y in zip(an, scaled, strict=False)]
+        notes.append(
+            f"our goal: {mode_name(mc)} test NLL analytic-proj-bayes / temperature-scaled "
+            f"batch-proj = {sum(ratios) / len(ratios):.2f} (goal <= 0.9)"
+        )
+    else:
+        notes.append("our goal against temperature-scaled batch-proj: not evaluated yet")
+    return notes
 
 
 # ---------------------------------------------------------------- Fig. A.3

@@ -75,6 +75,10 @@ SEED_RULE = (
     "paired seeds: the mean over seeds of the difference of the two runs' last-10-epoch means "
     "against 2 standard errors of that mean (holds above +2 SE, does not hold below -2 SE)"
 )
+TOLERANCE_RULE = (
+    "one seed: a test-set difference against a fixed tolerance (an accuracy: the binomial "
+    "standard error of the difference; an NLL: 2% of it)"
+)
 ITERATE_RULE = (
     "one seed: the difference of the last-10-epoch means against the larger iterate spread "
     "(standard deviation over those epochs) of the two runs"
@@ -97,15 +101,31 @@ def tail_difference(
     larger iterate spread (ITERATE_RULE)."""
     sign = -1.0 if lower else 1.0
     a, b = _seed_values(numbers[better], key), _seed_values(numbers[worse], key)
-    if min(len(a), len(b)) >= 2:
-        n = min(len(a), len(b))
-        differences = [sign * (x - y) for x, y in zip(a[:n], b[:n], strict=True)]
-        margin, se = mean_and_error(differences)
-        return margin, 2 * se, mean_and_error(a[:n])[0], mean_and_error(b[:n])[0], SEED_RULE, n
+    paired = paired_seeds(a, b)
+    if paired is not None:
+        margin, noise, n = paired
+        return (
+            sign * margin,
+            noise,
+            mean_and_error(a[:n])[0],
+            mean_and_error(b[:n])[0],
+            SEED_RULE,
+            n,
+        )
     ha, hb = numbers[better]["history"], numbers[worse]["history"]
     ma, mb = tail_mean(ha, key, TAIL), tail_mean(hb, key, TAIL)
     noise = max(iterate_spread(ha, key, TAIL), iterate_spread(hb, key, TAIL))
     return sign * (ma - mb), noise, ma, mb, ITERATE_RULE, 1
+
+
+def paired_seeds(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, int] | None:
+    """(mean of a_i - b_i over the seeds both have, 2 standard errors of it, seeds), or None
+    with fewer than two seeds (then a caller falls back to a one-run rule)."""
+    n = min(len(a), len(b))
+    if n < 2:
+        return None
+    mean, se = mean_and_error([x - y for x, y in zip(a[:n], b[:n], strict=True)])
+    return mean, 2 * se, n
 
 
 def improvement_verdict(
