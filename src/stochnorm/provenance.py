@@ -20,7 +20,8 @@ def hardware(device: torch.device | str = "cpu") -> str:
 
 
 def git_commit() -> str:
-    """The commit of the source tree this package runs from, '+dirty' if it has changes."""
+    """The commit of the source tree this package runs from, '+dirty' if the package's own
+    files have changes (results written beside it elsewhere in the checkout do not count)."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
@@ -29,7 +30,7 @@ def git_commit() -> str:
         if commit.returncode != 0:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
             cwd=here, capture_output=True, text=True, timeout=5,
         )  # fmt: skip
         return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
