@@ -1,5 +1,7 @@
 """convert() and fold() on All-CNN-C and on a torchvision-style ResNet."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -168,3 +170,33 @@ def test_convert_with_bayes_noise(norm):
     assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
     new.train()(x).sum().backward()  # trains, gradients reach the noise scale
     assert all(n.noise.u.grad is not None for n in layers)
+
+
+def test_convert_keeps_eps_and_momentum_and_refuses_what_it_cannot_copy():
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, eps=1e-3, momentum=None))
+    x = torch.randn(6, 1, 8, 8)
+    ref = copy.deepcopy(net)
+    new = convert(net, "batch")
+    assert new[1].eps == 1e-3 and new[1].momentum is None
+    for k in range(3):  # the cumulative average (momentum None), as torch computes it
+        batch = torch.randn(5, 1, 8, 8) * (k + 1) + k
+        ref.train()(batch)
+        new.train()(batch)
+    assert torch.allclose(new[1].running_mean, ref[1].running_mean, atol=1e-6)
+    assert torch.allclose(new[1].running_var, ref[1].running_var, atol=1e-6)
+    assert torch.allclose(new.eval()(x), ref.eval()(x), atol=1e-5)
+    with pytest.raises(ValueError, match="affine=False"):
+        convert(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, affine=False)), "analytic")
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        convert(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)),
+                "weight")  # fmt: skip
+
+
+def test_a_batch_norm_without_a_layer_in_front_is_an_error_or_a_warning():
+    net = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"no conv/linear layer in front .*: 0; pass strict"):
+        convert(net, "analytic")
+    with pytest.warns(UserWarning, match="stay as they are"):
+        kept = convert(net, "weight", strict=False)
+    assert isinstance(kept[0], nn.BatchNorm2d) and type(kept[2]).__name__ == "WeightNorm"

@@ -209,3 +209,26 @@ def test_ghost_batches_normalize_each_group_by_its_own_statistics(noise):
         assert torch.allclose(ours.eval()(u), ref(u), atol=1e-5)
     with pytest.raises(ValueError, match="does not split into ghost batches of 4"):
         ours.train()(u[:10])
+
+
+def test_batch_norm_loads_old_state_dicts_and_skips_empty_batches():
+    old = nn.BatchNorm2d(3).state_dict()
+    del old["num_batches_tracked"]  # as torch saved batch norm before its version 2
+    ours = BatchNorm(3)
+    ours.load_state_dict(old)
+    assert int(ours.num_batches_tracked) == 0
+    for noise in (False, True):
+        layer = BatchNorm(3)
+        if noise:
+            add_noise(nn.Sequential(layer), "bayes")
+        before = layer.running_var.clone()
+        out = layer.train()(torch.randn(0, 3, 4, 4))
+        assert out.shape == (0, 3, 4, 4) and torch.equal(layer.running_var, before)
+
+
+def test_population_norm_survives_a_first_batch_of_one_value_per_channel():
+    layer = make_norm("population", 4)
+    layer.train()(torch.randn(1, 4, 1, 1))  # one image at 1x1: no variance to estimate
+    assert torch.all(layer.running_var > 0.5)
+    out = layer(torch.randn(8, 4, 3, 3))
+    assert out.abs().max() < 20  # was ~1e3 with the zero variance of that first batch

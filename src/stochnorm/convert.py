@@ -8,6 +8,7 @@ is kept.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import fx, nn
@@ -63,6 +64,7 @@ def convert(
     input_mean: torch.Tensor | float = 0.0,
     input_var: torch.Tensor | float = 1.0,
     groups: int = DEFAULT_GROUPS,
+    strict: bool = True,
     **noise_options,
 ) -> nn.Module:
     """A copy of `model` in which every batch normalization (PyTorch's or stochnorm's) that
@@ -72,7 +74,11 @@ def convert(
     per-channel input moments (defaults: standardized inputs); `groups` is group norm's G.
     `norm="none"` is `fold`.
     `noise` ("bn-like" or "bayes") adds noise after every new normalization, with
-    `noise_options` passed to `stochnorm.bayes.add_noise`.
+    `noise_options` passed to `stochnorm.bayes.add_noise`. The source's `eps` (and a batch
+    norm's `momentum`, None included) carry over; options stochnorm's layers lack
+    (`affine=False`, `track_running_stats=False`) are an error. A batch norm with no
+    conv/linear in front cannot be converted: an error naming it, or with `strict=False` a
+    warning, the layer kept as it is.
     """
     norm = Norm.parse(norm)
     if norm is Norm.NONE:
@@ -81,10 +87,15 @@ def convert(
     pairs = _layer_norm_pairs(new)
     if not pairs:
         raise ValueError("convert found no batch normalization after a conv/linear layer")
+    _refuse_unconverted(new, {name for _, name in pairs}, strict)
     for layer_name, norm_name in pairs:
         layer, old = new.get_submodule(layer_name), new.get_submodule(norm_name)
+        _check_options(norm_name, old)
         factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
         replacement = make_norm(norm, out_features(layer), layer, groups=groups, **factory)
+        replacement.eps = old.eps
+        if isinstance(replacement, BatchNorm) and hasattr(old, "momentum"):
+            replacement.momentum = old.momentum
         with torch.no_grad():
             for name in ("weight", "bias"):  # absent when BN has affine=False
                 source = getattr(old, name)
@@ -106,6 +117,31 @@ def convert(
     if noise is not None:
         add_noise(new, noise, **noise_options)
     return new
+
+
+def _check_options(name: str, old: nn.Module) -> None:
+    for option in ("affine", "track_running_stats"):
+        if getattr(old, option, True) is False:
+            raise ValueError(
+                f"convert: {name} has {option}=False, which stochnorm's normalizations do not "
+                "support; build the model with the option on"
+            )
+
+
+def _refuse_unconverted(model: nn.Module, converted: set[str], strict: bool) -> None:
+    """Every batch norm of `model` that is not among `converted` (no conv/linear layer in
+    front of it): a ValueError naming them, or with `strict=False` a warning."""
+    left = [name for name, m in model.named_modules()
+            if isinstance(m, _BATCH_NORMS) and name not in converted]  # fmt: skip
+    if not left:
+        return
+    message = (
+        f"convert: {len(left)} batch norm(s) have no conv/linear layer in front and stay as "
+        f"they are (their outputs then depend on the batch): {', '.join(left)}"
+    )
+    if strict:
+        raise ValueError(message + "; pass strict=False to keep them")
+    warnings.warn(message, stacklevel=3)
 
 
 @torch.no_grad()

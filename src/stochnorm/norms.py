@@ -143,10 +143,10 @@ class BatchNorm(_Normalization):
     first group."""
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *, device=None,
-        dtype=None,
+        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
+        device=None, dtype=None,
     ) -> None:  # fmt: skip
-        self.momentum = momentum
+        self.momentum = momentum  # None: the cumulative average over all batches, as torch's
         self.ghost_batch: int | None = None
         super().__init__(num_features, eps, device=device, dtype=dtype)
         factory_kwargs = {"device": device, "dtype": dtype}
@@ -175,14 +175,31 @@ class BatchNorm(_Normalization):
         n = u.numel() // u.shape[1]
         return var, mu, var.detach() * (n / max(n - 1, 1))
 
+    def _average_factor(self) -> float:
+        """The weight of the current batch in the running estimates: `momentum`, or 1 / the
+        number of batches so far for the cumulative average (momentum None), counted after
+        this batch as torch's batch norm does."""
+        if self.momentum is not None:
+            return self.momentum
+        return 1.0 / float(self.num_batches_tracked)
+
     @torch.no_grad()
     def _track(self, mu: Tensor, unbiased: Tensor) -> None:
         """Move the running estimates towards this batch's statistics."""
-        self.running_mean.lerp_(mu.detach(), self.momentum)
-        self.running_var.lerp_(unbiased, self.momentum)
         self.num_batches_tracked += 1
+        factor = self._average_factor()
+        self.running_mean.lerp_(mu.detach(), factor)
+        self.running_var.lerp_(unbiased, factor)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args) -> None:
+        # torch's batch norm before its version 2 had no counter; torch fills it in too
+        state_dict.setdefault(prefix + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
 
     def forward(self, u: Tensor) -> Tensor:
+        if u.numel() == 0:  # nothing to normalize; the running estimates stay as they are
+            self._check_input(u)
+            return u.clone()
         if self.training and self.ghost_batch is not None and len(u) > self.ghost_batch:
             self._check_input(u)
             z = self._ghost_normalize(u)
@@ -194,11 +211,13 @@ class BatchNorm(_Normalization):
             return super().forward(u)
         # the fused kernel computes the same as the base formula, faster
         self._check_input(u)
+        factor = 0.0
         if self.training:
             self.num_batches_tracked += 1
+            factor = self._average_factor()
         return F.batch_norm(
             u, self.running_mean, self.running_var, self.weight, self.bias,
-            self.training, self.momentum, self.eps,
+            self.training, factor, self.eps,
         )  # fmt: skip
 
     def _ghost_normalize(self, u: Tensor) -> Tensor:
@@ -211,10 +230,10 @@ class BatchNorm(_Normalization):
                 f"a batch of {len(u)} does not split into ghost batches of {self.ghost_batch}"
             )
         groups = u.split(self.ghost_batch)
-        out = [F.batch_norm(groups[0], self.running_mean, self.running_var, None, None, True,
-                            self.momentum, self.eps)]  # fmt: skip
-        out += [F.batch_norm(g, None, None, None, None, True, 0.0, self.eps) for g in groups[1:]]
         self.num_batches_tracked += 1
+        out = [F.batch_norm(groups[0], self.running_mean, self.running_var, None, None, True,
+                            self._average_factor(), self.eps)]  # fmt: skip
+        out += [F.batch_norm(g, None, None, None, None, True, 0.0, self.eps) for g in groups[1:]]
         return torch.cat(out)
 
     def extra_repr(self) -> str:
@@ -304,7 +323,9 @@ class PopulationNorm(BatchNorm):
 
     The estimates are running averages (momentum `momentum`) of the batch mean and
     unbiased variance, updated after the current batch has been normalized; the first
-    training batch initializes them. Luo et al. decompose BN into this normalization plus
+    training batch initializes them (its variance only if it has two or more values per
+    channel: a batch of one image at 1x1 would set a zero variance; the estimate then starts
+    at 1). Luo et al. decompose BN into this normalization plus
     an explicit penalty on the scales ("gamma decay", `gamma_decay` below) standing in for
     the noise of batch statistics.
 
@@ -331,7 +352,8 @@ class PopulationNorm(BatchNorm):
         with torch.no_grad():
             if int(self.num_batches_tracked) == 0:  # the estimates start at the first batch
                 self.running_mean.copy_(mu)
-                self.running_var.copy_(unbiased)
+                if u.numel() // u.shape[1] >= 2:  # one value per channel: no variance yet
+                    self.running_var.copy_(unbiased)
             mu_p = self.running_mean.clone()
             sigma_p = (self.running_var + self.eps).sqrt()
         self._track(mu, unbiased)
