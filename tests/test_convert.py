@@ -200,3 +200,42 @@ def test_a_batch_norm_without_a_layer_in_front_is_an_error_or_a_warning():
     with pytest.warns(UserWarning, match="stay as they are"):
         kept = convert(net, "weight", strict=False)
     assert isinstance(kept[0], nn.BatchNorm2d) and type(kept[2]).__name__ == "WeightNorm"
+
+
+class _BatchNormAct2d(nn.BatchNorm2d):
+    """A batch norm fused with dropout and its activation, as timm writes them."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+@pytest.mark.parametrize("norm", ["batch", "analytic"])
+def test_fused_batch_norm_activation_modules_are_converted_with_their_activation(norm):
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), _BatchNormAct2d(4),
+                        nn.Conv2d(4, 3, 3, bias=False), _BatchNormAct2d(3))  # fmt: skip
+    x = torch.randn(5, 1, 9, 9)
+    net.train()(x)
+    new = convert(net, norm)
+    assert len(normalizations(new)) == 2
+    assert isinstance(new[1], nn.Sequential) and isinstance(new[1][1], nn.LeakyReLU)
+    out = new.train()(x)
+    if norm == "batch":  # the same function: batch norm, then the activation
+        assert torch.allclose(out, net.train()(x), atol=1e-5)
+    else:  # the propagation passes the activation's rule
+        assert torch.isfinite(out).all() and (out < 0).any()
+
+
+def test_fold_keeps_the_activation_of_a_fused_batch_norm():
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), _BatchNormAct2d(4))
+    net.train()(torch.randn(6, 1, 7, 7))
+    x = torch.randn(3, 1, 7, 7)
+    folded = fold(net)
+    assert torch.allclose(folded(x), net.eval()(x), atol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())

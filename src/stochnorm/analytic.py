@@ -25,8 +25,14 @@ State = tuple[Tensor, Tensor, tuple[int, ...]]  # mean [C], var [C], spatial siz
 
 
 class _Tracer(fx.Tracer):
+    """Traces a model with every normalization as one node: stochnorm's, torch's batch
+    norms, and any module that declares itself a batch norm by subclassing it (e.g. timm's
+    BatchNormAct2d, a batch norm fused with its activation)."""
+
     def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
-        return isinstance(module, _Normalization) or super().is_leaf_module(module, qualname)
+        if isinstance(module, _Normalization | nn.modules.batchnorm._BatchNorm):
+            return True
+        return super().is_leaf_module(module, qualname)
 
 
 def _pair(value: Any, n: int) -> tuple[int, ...]:

@@ -109,7 +109,7 @@ def convert(
                 replacement.running_mean.copy_(old.running_mean)
                 replacement.running_var.copy_(old.running_var)
         replacement.train(old.training)
-        _set_submodule(new, norm_name, replacement)
+        _set_submodule(new, norm_name, _with_what_follows(replacement, old))
     if norm is Norm.ANALYTIC:
         analytic.attach(new, input_mean, input_var)
     else:
@@ -117,6 +117,14 @@ def convert(
     if noise is not None:
         add_noise(new, noise, **noise_options)
     return new
+
+
+def _with_what_follows(replacement: nn.Module, old: nn.Module) -> nn.Module:
+    """`replacement`, followed by the submodules of a batch norm fused with what comes after
+    it (timm's BatchNormAct2d: drop, then act), in their order; a plain batch norm has
+    none."""
+    after = [m for m in old.children() if not isinstance(m, nn.Identity)]
+    return nn.Sequential(replacement, *after) if after else replacement
 
 
 def _check_options(name: str, old: nn.Module) -> None:
@@ -187,7 +195,7 @@ def fold(model: nn.Module) -> nn.Module:
             layer.bias = nn.Parameter(torch.zeros_like(mu))
         layer.bias.copy_((bias - mu) * factor + shift)
         layer.weight.mul_(factor.view((-1,) + (1,) * (layer.weight.ndim - 1)))
-        _set_submodule(new, norm_name, nn.Identity())
+        _set_submodule(new, norm_name, _with_what_follows(nn.Identity(), norm))
     analytic.detach(new)
     leftover = [n for n, m in new.named_modules() if isinstance(m, _BATCH_NORMS)]
     if leftover:
