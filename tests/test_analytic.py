@@ -179,3 +179,35 @@ def test_a_checkpoint_from_before_the_moments_were_state_is_loaded_with_them_mea
     reference = propagation_of(model)
     for name in ("input_mean", "input_var", "patch_mean", "patch_cov"):
         assert torch.equal(getattr(propagation_of(fresh), name), getattr(reference, name))
+
+
+def test_a_nested_analytic_model_gets_one_propagation_from_the_outer_input():
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from stochnorm import convert
+
+    inner = models.build("allcnn", 1, 10, norm="analytic", width=0.1)
+    wrapped = nn.Sequential(OrderedDict(net=inner)).train()  # traced in training mode too
+    new = convert(wrapped, "analytic", input_mean=0.5, input_var=2.0)
+    found = [name for name, m in new.named_modules() if isinstance(m, MomentPropagation)]
+    assert found == ["moment_propagation"]
+    new.train()(torch.randn(2, 1, 28, 28))
+    # the statistics come from the outer input moments (mean 0.5, variance 2), not 0 and 1
+    alone = convert(nn.Sequential(OrderedDict(net=inner)), "analytic")
+    alone.train()(torch.randn(2, 1, 28, 28))
+    assert not torch.allclose(new.net.layer1.norm.mu, alone.net.layer1.norm.mu)
+
+
+def test_a_new_checkpoint_clears_the_legacy_flag(tiny_fashion):
+    cfg = TrainConfig(norm="analytic", width=0.1)
+    model = _trained_step(cfg, tiny_fashion)
+    state = model.state_dict()
+    legacy = {k: v for k, v in state.items() if not k.startswith("moment_propagation.")}
+    fresh = make_model(cfg, tiny_fashion)
+    fresh.load_state_dict(legacy)
+    assert propagation_of(fresh).needs_input_moments
+    fresh.load_state_dict(state)
+    assert not propagation_of(fresh).needs_input_moments
+    fresh.train()(tiny_fashion.train.x[:2])  # propagates again

@@ -83,3 +83,11 @@ def test_ghost_batches_are_checked_where_they_enter():
     ]:
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**changes)
+
+
+def test_settings_that_would_change_nothing_are_refused():
+    with pytest.raises(ConfigError, match="applies to --norm group only"):
+        TrainConfig(norm="batch", groups=8)
+    with pytest.raises(ConfigError, match="needs noise='bayes'"):
+        TrainConfig(norm="analytic", noise_optimizer="adam")
+    assert TrainConfig(norm="group", groups=8).groups == 8

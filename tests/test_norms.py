@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -232,3 +233,12 @@ def test_population_norm_survives_a_first_batch_of_one_value_per_channel():
     assert torch.all(layer.running_var > 0.5)
     out = layer(torch.randn(8, 4, 3, 3))
     assert out.abs().max() < 20  # was ~1e3 with the zero variance of that first batch
+
+
+def test_group_norm_says_when_its_groups_collapse_to_layer_norm():
+    with pytest.warns(UserWarning, match="normalizes as layer norm"):
+        assert make_norm("group", 5, groups=32).groups == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_norm("group", 10, groups=32).groups == 2
+        assert make_norm("layer", 5).groups == 1

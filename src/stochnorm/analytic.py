@@ -125,11 +125,13 @@ class MomentPropagation(nn.Module):
                 setattr(self, name, torch.empty_like(saved, device=self.input_mean.device))
         if prefix + "patch_mean" not in state_dict:
             self.patch_mean = self.patch_cov = None
+        self.needs_input_moments = False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, *args)
 
     def before_forward(self, model: nn.Module, args: tuple) -> None:
-        """The forward pre-hook of `model`: propagate in training mode."""
-        if model.training:
+        """The forward pre-hook of `model`: propagate in training mode (not while torch.fx
+        traces the model, when the inputs are proxies)."""
+        if model.training and not fx._symbolic_trace.is_fx_tracing():
             x = args[0]
             self.propagate(model, channels=x.shape[1], size=tuple(x.shape[2:]))
 
@@ -340,9 +342,10 @@ def propagation_of(model: nn.Module) -> MomentPropagation | None:
 
 
 def detach(model: nn.Module) -> None:
-    """Remove the moment propagation from `model` (as `fold` does)."""
-    propagation = propagation_of(model)
-    if propagation is None:
-        return
-    model._forward_pre_hooks.pop(getattr(propagation, "_hook_id", None), None)
-    delattr(model, PROPAGATION)
+    """Remove the moment propagation from `model` and from any model nested inside it (as
+    `fold` does, and `attach` before it attaches one to the whole model)."""
+    for module in list(model.modules()):
+        propagation = propagation_of(module)
+        if propagation is not None:
+            module._forward_pre_hooks.pop(getattr(propagation, "_hook_id", None), None)
+            delattr(module, PROPAGATION)

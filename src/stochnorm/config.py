@@ -92,6 +92,10 @@ class TrainConfig:
         object.__setattr__(self, "norm", Norm.parse(self.norm).value)
         check_model_name(self.model)
         need(self.groups >= 1, f"groups must be >= 1, got {self.groups}")
+        need(
+            self.groups == DEFAULT_GROUPS or self.norm == Norm.GROUP.value,
+            "groups sets group norm's number of groups; it applies to --norm group only",
+        )
         need(math.isfinite(self.width) and self.width > 0, f"width must be > 0, got {self.width}")
         need(self.padding >= 0, f"padding must be >= 0, got {self.padding}")
         need(0 < self.subset <= 1, f"subset must be in (0, 1], got {self.subset}")
@@ -132,6 +136,10 @@ class TrainConfig:
         need(
             self.noise_optimizer in ("sgd", "adam"),
             f"unknown noise_optimizer {self.noise_optimizer!r}; choose sgd or adam",
+        )
+        need(
+            self.noise_optimizer == "sgd" or self.noise == "bayes",
+            "noise_optimizer steps learned noise: it needs noise='bayes'",
         )
         need(self.kl_factor >= 0, f"kl_factor must be >= 0, got {self.kl_factor}")
         need(

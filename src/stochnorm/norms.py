@@ -15,6 +15,7 @@ not a submodule, so parameters are not listed twice.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -396,6 +397,12 @@ class GroupNorm(_Normalization):
         if groups < 1:
             raise ValueError(f"groups must be >= 1, got {groups}")
         self.groups = math.gcd(num_features, groups)
+        if self.groups == 1 < groups and type(self) is GroupNorm:
+            warnings.warn(
+                f"GroupNorm({num_features}, groups={groups}): {groups} shares no divisor with "
+                f"{num_features} channels, so this layer normalizes as layer norm (one group)",
+                stacklevel=2,
+            )
         super().__init__(num_features, eps, device=device, dtype=dtype)
 
     @property

@@ -303,7 +303,7 @@ def train(
         result["divergence"] = f"epoch {len(history) + 1}: {reason}"
     usable = not diverged
     if diverged and run is not None and run.checkpoint_path.exists():
-        model.load_state_dict(run.checkpoint()["model"])  # the last good epoch
+        load_model_state(model, run.checkpoint()["model"], cfg, data)  # the last good epoch
         usable = True
     if history and usable and evaluate:
         result["final"] = final_metrics(model, data, cfg, device)

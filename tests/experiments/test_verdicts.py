@@ -13,6 +13,7 @@ from stochnorm.experiments.verdicts import (
     SEED_RULE,
     combine,
     compare,
+    diverged_parts,
     improvement_verdict,
 )
 
@@ -95,3 +96,15 @@ def test_one_seed_falls_back_to_the_iterate_spread_and_says_so():
     found = improvement_verdict(numbers, "a", "b", "val_acc")
     assert found.rule == ITERATE_RULE and found.status == HOLDS
     assert found.noise == pytest.approx(statistics.stdev([r["val_acc"] for r in history[-10:]]))
+
+
+def test_seeds_pair_by_number_and_a_diverged_seed_is_named():
+    better = {"history": [], "seeds": [{"seed": 0, "val_acc": 0.91}, {"seed": 1, "diverged": True},
+                                       {"seed": 2, "val_acc": 0.93}]}  # fmt: skip
+    worse = {"history": [], "seeds": [{"seed": 0, "val_acc": 0.90}, {"seed": 1, "val_acc": 0.95},
+                                      {"seed": 2, "val_acc": 0.91}]}  # fmt: skip
+    found = improvement_verdict({"a": better, "b": worse}, "a", "b", "val_acc")
+    assert found.margin == pytest.approx(statistics.fmean([0.01, 0.02]))  # seeds 0 and 2 only
+    assert "over 2 seeds" in found.summary
+    parts = diverged_parts({"a": better, "b": worse})
+    assert [p.summary for p in parts] == ["a diverged (compared at its last finite epoch)"]

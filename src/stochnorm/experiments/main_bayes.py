@@ -221,8 +221,9 @@ class BayesTable(Experiment):
         )
 
 
-def _test_values(entry: Mapping[str, Any], mode: str, key: str) -> list[float]:
-    return [seed["test"][mode][key] for seed in entry.get("seeds", ()) if "test" in seed]
+def _test_values(entry: Mapping[str, Any], mode: str, key: str) -> dict[int, float]:
+    """The test `key` of `mode` of every evaluated seed of a run summary, by seed number."""
+    return {s["seed"]: s["test"][mode][key] for s in entry.get("seeds", ()) if "test" in s}
 
 
 def _test_verdict(
@@ -237,8 +238,8 @@ def _test_verdict(
     va, vb = _test_values(runs[a], a_mode, key), _test_values(runs[b], b_mode, key)
     paired = paired_seeds(va, vb)
     if paired is not None:
-        diff, noise, seeds = paired
-        rule, spread = SEED_RULE, f"2 SE over {seeds} seeds"
+        diff, noise, common = paired
+        rule, spread = SEED_RULE, f"2 SE over {len(common)} seeds"
     else:
         x, y = runs[a]["test"][a_mode][key], runs[b]["test"][b_mode][key]
         diff = x - y
@@ -250,8 +251,8 @@ def _test_verdict(
     margin = sign * diff
     scale = 100 if key == "accuracy" else 1
     summary = (
-        f"{text}: {a} {scale * mean_or_first(va, runs[a]['test'][a_mode][key]):.3f} vs {b} "
-        f"{scale * mean_or_first(vb, runs[b]['test'][b_mode][key]):.3f} (margin "
+        f"{text}: {a} {scale * mean_or_first(list(va.values()), runs[a]['test'][a_mode][key]):.3f}"
+        f" vs {b} {scale * mean_or_first(list(vb.values()), runs[b]['test'][b_mode][key]):.3f} (margin "
         f"{scale * margin:+.3f}, {spread} {scale * noise:.3f})"
     )
     if tolerant:
@@ -271,16 +272,16 @@ def _goal_notes(runs: Mapping[str, Any], mc: str) -> list[str]:
     an = _test_values(runs["analytic-proj-bayes"], mc, "nll")
     bn = _test_values(runs["batch-proj"], "single", "nll")
     notes = []
-    if an and bn:
-        ratios = [x / y for x, y in zip(an, bn, strict=False)]
+    if set(an) & set(bn):
+        ratios = [an[s] / bn[s] for s in sorted(set(an) & set(bn))]
         notes.append(
             f"our goal: {mode_name(mc)} test NLL analytic-proj-bayes / batch-proj = "
             f"{sum(ratios) / len(ratios):.2f} over {len(ratios)} seed(s) (goal <= 0.75)"
         )
-    scaled = [s["temperature_scaled"]["test"]["nll"] for s in runs["batch-proj"]["seeds"]
-              if "temperature_scaled" in s]  # fmt: skip
-    if an and scaled:
-        ratios = [x / y for x, y in zip(an, scaled, strict=False)]
+    scaled = {s["seed"]: s["temperature_scaled"]["test"]["nll"]
+              for s in runs["batch-proj"]["seeds"] if "temperature_scaled" in s}  # fmt: skip
+    if set(an) & set(scaled):
+        ratios = [an[s] / scaled[s] for s in sorted(set(an) & set(scaled))]
         notes.append(
             f"our goal: {mode_name(mc)} test NLL analytic-proj-bayes / temperature-scaled "
             f"batch-proj = {sum(ratios) / len(ratios):.2f} (goal <= 0.9)"

@@ -85,10 +85,24 @@ ITERATE_RULE = (
 )
 
 
-def _seed_values(entry: Mapping[str, Any], key: str) -> list[float]:
-    """The last-TAIL-epoch means of `key` of every seed of a run summary (`cases.seeded_summary`),
-    or [] for a summary without seeds."""
-    return [seed[key] for seed in entry.get("seeds", ()) if key in seed]
+def _seed_values(entry: Mapping[str, Any], key: str) -> dict[int, float]:
+    """The last-TAIL-epoch means of `key` of every seed of a run summary
+    (`cases.seeded_summary`) by seed number, or {} for a summary without seeds."""
+    seeds = entry.get("seeds", ())
+    return {s.get("seed", i): s[key] for i, s in enumerate(seeds) if key in s}
+
+
+def paired_seeds(
+    a: Mapping[int, float], b: Mapping[int, float]
+) -> tuple[float, float, list[int]] | None:
+    """(mean of a[s] - b[s] over the seeds s both have, 2 standard errors of it, those
+    seeds), or None with fewer than two in common (then a caller falls back to a one-run
+    rule)."""
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return None
+    mean, se = mean_and_error([a[s] - b[s] for s in common])
+    return mean, 2 * se, common
 
 
 def tail_difference(
@@ -103,29 +117,14 @@ def tail_difference(
     a, b = _seed_values(numbers[better], key), _seed_values(numbers[worse], key)
     paired = paired_seeds(a, b)
     if paired is not None:
-        margin, noise, n = paired
-        return (
-            sign * margin,
-            noise,
-            mean_and_error(a[:n])[0],
-            mean_and_error(b[:n])[0],
-            SEED_RULE,
-            n,
-        )
+        margin, noise, common = paired
+        ma = mean_and_error([a[s] for s in common])[0]
+        mb = mean_and_error([b[s] for s in common])[0]
+        return sign * margin, noise, ma, mb, SEED_RULE, len(common)
     ha, hb = numbers[better]["history"], numbers[worse]["history"]
     ma, mb = tail_mean(ha, key, TAIL), tail_mean(hb, key, TAIL)
     noise = max(iterate_spread(ha, key, TAIL), iterate_spread(hb, key, TAIL))
     return sign * (ma - mb), noise, ma, mb, ITERATE_RULE, 1
-
-
-def paired_seeds(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, int] | None:
-    """(mean of a_i - b_i over the seeds both have, 2 standard errors of it, seeds), or None
-    with fewer than two seeds (then a caller falls back to a one-run rule)."""
-    n = min(len(a), len(b))
-    if n < 2:
-        return None
-    mean, se = mean_and_error([x - y for x, y in zip(a[:n], b[:n], strict=True)])
-    return mean, 2 * se, n
 
 
 def improvement_verdict(
@@ -150,10 +149,10 @@ def improvement_verdict(
 
 
 def diverged_parts(runs: Mapping[str, Mapping[str, Any]]) -> list[Verdict]:
-    """An inconclusive part for every run that diverged (its comparisons rest on the last
-    finite epoch)."""
+    """An inconclusive part for every run that diverged, in any of its seeds (its
+    comparisons rest on the last finite epoch)."""
     return [
         Verdict(INCONCLUSIVE, f"{label} diverged (compared at its last finite epoch)")
         for label, entry in runs.items()
-        if entry.get("diverged")
+        if entry.get("diverged") or any(s.get("diverged") for s in entry.get("seeds", ()))
     ]
