@@ -208,3 +208,14 @@ def test_data_dependent_init_of_weight_norm_sets_the_affine():
         assert torch.allclose(
             out.std((0, 2, 3), unbiased=False), torch.ones(out.shape[1]), atol=1e-3
         )
+
+
+def test_train_takes_a_factory_and_records_its_name(tmp_path, cifar_shaped):
+    from tests.resnet import ResNet
+
+    result = train(TrainConfig(**TINY), tmp_path / "run", data=cifar_shaped,
+                   model_factory=ResNet, progress=False)  # fmt: skip
+    saved = TrainConfig.load(tmp_path / "run" / "config.json")
+    assert saved.model == "tests.resnet:ResNet" and not result.metrics["diverged"]
+    with pytest.raises(ConfigError, match="not importable"):
+        train(TrainConfig(**TINY), data=cifar_shaped, model_factory=lambda **k: nn.Identity())

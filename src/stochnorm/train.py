@@ -221,6 +221,7 @@ def train(
     out: str | Path | None = None,
     *,
     data: datasets.Splits | None = None,
+    model_factory: Callable[..., nn.Module] | None = None,
     resume: bool = False,
     after_step: Sequence[AfterStep] = (),
     loss_terms: Sequence[LossTerm] = (),
@@ -228,8 +229,9 @@ def train(
     progress: bool = True,
     evaluate: bool = True,
 ) -> TrainResult:
-    """Train `cfg.model` on `cfg.dataset` (or `data`) as `cfg` says; return the model and its
-    metrics (as in metrics.json).
+    """Train `cfg.model` (or `model_factory`, recorded in the config by its importable
+    name, see `models.factory_name`) on `cfg.dataset` (or the splits `data`) as `cfg` says;
+    return the trained model and its metrics (as in metrics.json).
 
     With `out`, the run directory receives config.json, a checkpoint after every epoch,
     metrics.json and curves.png; `resume=True` continues the run found there. Without
@@ -240,6 +242,8 @@ def train(
     the per-epoch and final evaluations (only the training loss is recorded).
     """
     device = resolve_device(device)
+    if model_factory is not None:
+        cfg = cfg.replace(model=models.factory_name(model_factory))
     run = RunDir(out) if out is not None else None
     if run is not None:
         _prepare_run_dir(run, cfg, resume)

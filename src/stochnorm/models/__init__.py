@@ -63,6 +63,21 @@ def load_factory(name: str) -> Callable[..., nn.Module]:
     return factory
 
 
+def factory_name(factory: Callable[..., nn.Module]) -> str:
+    """The name `package.module:function` under which `load_factory` finds `factory` again
+    (so that a run's config.json rebuilds its model); a factory it cannot find that way (a
+    lambda, a nested function, one defined in __main__) is a ConfigError."""
+    name = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', '')}"
+    if not _FACTORY.match(name) or name.startswith("__main__:"):
+        raise ConfigError(
+            f"{factory!r} is not importable as package.module:function; define it at the top "
+            "level of a module so that a saved run can rebuild its model"
+        )
+    if load_factory(name) is not factory:
+        raise ConfigError(f"{name} does not name {factory!r}")
+    return name
+
+
 def build(
     name: str,
     in_channels: int,
@@ -90,4 +105,7 @@ def build(
     return convert(model, norm, groups=groups)
 
 
-__all__ = ["MODELS", "AllCNN", "ResNet", "build", "check_model_name", "load_factory", "resnet20"]
+__all__ = [
+    "MODELS", "AllCNN", "ResNet", "build", "check_model_name", "factory_name", "load_factory",
+    "resnet20",
+]  # fmt: skip
