@@ -333,3 +333,91 @@ def test_ghost_batches_reach_every_batch_norm_and_change_training(tiny_fashion):
     assert layers and all(m.ghost_batch == 4 for m in layers)
     first = [r["train_loss"] for r in ghost.metrics["history"]]
     assert math.isfinite(first[-1]) and first != [r["train_loss"] for r in plain.metrics["history"]]
+
+
+def _replica(rank, world, init_file, cfg, data, out, queue, resume=False, crash_after=None):
+    """One process of a data-parallel run (gloo on the CPU, as torchrun would start it);
+    `crash_after` steps it is interrupted, as a killed job would be."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)  # fmt: skip
+    steps = {"n": 0}
+
+    def crash(model):  # an exception, not KeyboardInterrupt: spawn ignores that in a child
+        steps["n"] += 1
+        if steps["n"] == crash_after:
+            raise RuntimeError("simulated crash")
+
+    hooks = [crash] if crash_after else []
+    try:
+        result = train(cfg, out, data=data, progress=False, resume=resume, after_step=hooks)
+        weights = sum(p.double().sum().item() for p in result.model.parameters())
+        buffers = {k: b.double().sum().item() for k, b in result.model.named_buffers()}
+        queue.put((rank, result.metrics, (weights, buffers)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_training_is_ghost_batch_training_on_one_process(tmp_path, tiny_fashion):
+    import torch.multiprocessing as mp
+
+    cfg = TrainConfig(**{**TINY, "epochs": 2})
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(_replica, args=(2, tmp_path / "init", cfg, tiny_fashion, tmp_path / "ddp",
+                                       queue), nprocs=2, start_method="spawn")  # fmt: skip
+    found = {}
+    while not queue.empty():
+        rank, metrics, weights = queue.get()
+        found[rank] = (metrics, weights)
+    assert set(found) == {0, 1}
+    assert found[0][1][0] == pytest.approx(found[1][1][0], rel=1e-9)  # identical weights
+    ddp = found[0][0]
+    assert ddp["replicas"] == 2 and "final" in ddp and "final" not in found[1][0]
+    # one process with ghost batches of 16: each replica's BN statistics, the same gradient
+    ghost = train(cfg.replace(ghost_batch=16), data=tiny_fashion, progress=False).metrics
+    for a, b in zip(ddp["history"], ghost["history"], strict=True):
+        for key in ("train_loss", "train_eval_loss", "val_loss", "val_acc"):
+            assert a[key] == pytest.approx(b[key], rel=2e-3, abs=2e-3), key
+    saved = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert saved["final"] == ddp["final"]  # rank 0 alone wrote the run directory
+
+
+def _data_parallel(tmp_path, name, cfg, data, **options):
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    init = tmp_path / f"init-{name}-{options.get('resume', False)}"
+    mp.start_processes(_replica, args=(2, init, cfg, data, tmp_path / name, queue,
+                                       options.get("resume", False), options.get("crash_after")),
+                       nprocs=2, start_method="spawn")  # fmt: skip
+    found = {}
+    while not queue.empty():
+        rank, metrics, state = queue.get()
+        found[rank] = (metrics, state)
+    return found
+
+
+def test_data_parallel_runs_resume_exactly(tmp_path, tiny_fashion):
+    import torch.multiprocessing as mp
+
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    reference = _data_parallel(tmp_path, "a", cfg, tiny_fashion)[0][0]
+    with pytest.raises(mp.ProcessRaisedException, match="simulated crash"):
+        _data_parallel(tmp_path, "b", cfg, tiny_fashion, crash_after=8 + 3)  # in epoch 2
+    partial = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert len(partial["history"]) == 1
+    resumed = _data_parallel(tmp_path, "b", cfg, tiny_fashion, resume=True)[0][0]
+    assert _strip_times(resumed) == _strip_times(reference)
+
+
+def test_analytic_norm_under_data_parallel_needs_no_buffer_broadcast(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "norm": "analytic", "project": True, "lr": 0.01})
+    found = _data_parallel(tmp_path, "an", cfg, tiny_fashion)
+    (_, (w0, b0)), (_, (w1, b1)) = found[0], found[1]
+    assert w0 == pytest.approx(w1, rel=1e-9)
+    # statistics computed by each process from its weights: the same without broadcasting
+    assert b0.keys() == b1.keys() and any(k.endswith(".mu") for k in b0)
+    assert all(b0[k] == pytest.approx(b1[k], rel=1e-6, abs=1e-9) for k in b0)

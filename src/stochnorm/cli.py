@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import distributed as dist
 
 from . import data
 from .checkpoint import save_json
@@ -26,7 +32,7 @@ from .report import (
     write_reproduction_report,
 )
 from .runs import RunDir
-from .train import build_model, prepare_data, train
+from .train import Replicas, build_model, prepare_data, resolve_device, train
 
 CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
@@ -179,9 +185,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = _config(args)
     out = args.out or Path("runs") / f"{cfg.profile}-{cfg.dataset}-{cfg.norm}-seed{cfg.seed}"
-    result = train(cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress)
-    _print_final(out, result.metrics)
+    with _process_group(args.device) as device:
+        result = train(cfg, out, resume=args.resume, device=device, progress=not args.no_progress)
+        if Replicas.current().main:
+            _print_final(out, result.metrics)
     return 1 if result.metrics["diverged"] else 0
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[str]:
+    """Under torchrun (WORLD_SIZE > 1): the process group of data-parallel training, gloo
+    on the CPU and NCCL on CUDA (each process on the GPU of its LOCAL_RANK), for the block;
+    else nothing. Yields the device this process trains on."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield device
+        return
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:

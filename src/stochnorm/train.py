@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import analytic, metrics, models
@@ -70,6 +72,53 @@ class TrainResult:
 
     model: nn.Module
     metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """This process's place in data-parallel training (torchrun and DistributedDataParallel):
+    its `rank` among `world` processes, each training on its shard of every batch. One
+    process (the default) is rank 0 of 1, and nothing is communicated."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Replicas:
+        """The initialized process group's place, or a single process."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that evaluates and writes the run directory."""
+        return self.rank == 0
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the processes."""
+        if self.world == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(total)
+        return total.item() / self.world
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true in any process (all of them stop together)."""
+        if self.world == 1:
+            return flag
+        found = torch.tensor([float(flag)])
+        dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return bool(found.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def noise_seed(self, seed: int) -> int:
+        """The seed of this process's draws of noise in an epoch (rank 0: `seed` itself, so
+        that one process draws what it always drew): independent across processes."""
+        return seed + 1_000_003 * self.rank
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -242,11 +291,18 @@ def train(
     the per-epoch and final evaluations (only the training loss is recorded).
     """
     device = resolve_device(device)
+    replicas = Replicas.current()
     if model_factory is not None:
         cfg = cfg.replace(model=models.factory_name(model_factory))
+    if cfg.batch_size % replicas.world or (replicas.world > 1 and cfg.extra_norm_samples):
+        raise ConfigError(
+            f"data-parallel training on {replicas.world} processes needs a batch_size they "
+            f"divide (got {cfg.batch_size}) and no norm_batch"
+        )
     run = RunDir(out) if out is not None else None
-    if run is not None:
+    if run is not None and replicas.main:
         _prepare_run_dir(run, cfg, resume)
+    replicas.barrier()  # the run directory is ready before any process reads it
     if data is None:
         data = prepare_data(cfg)
     model = build_model(cfg, data).to(device)
@@ -266,36 +322,45 @@ def train(
         if finished is not None:  # nothing left to train: the run stays as it was written
             return TrainResult(model, finished)
         _load_optimizer_state(optimizer, state["optimizer"], run)
+    net = model
+    if replicas.world > 1:  # gradients averaged over the processes
+        net = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            broadcast_buffers=_has_batch_statistics(model),
+        )  # fmt: skip
     result = {"config": cfg.to_dict(), "provenance": provenance(device), "data": _describe(data)}
+    if replicas.world > 1:
+        result["replicas"] = replicas.world
 
     reason = None  # why the run diverged, if it did
     bar = tqdm(
         range(len(history), cfg.epochs), initial=len(history), total=cfg.epochs,
-        desc=f"{cfg.norm} w={cfg.width:.3g}", unit="epoch", disable=not progress,
+        desc=f"{cfg.norm} w={cfg.width:.3g}", unit="epoch", disable=not (progress and replicas.main),
     )  # fmt: skip
     for epoch in bar:
         started = time.perf_counter()
         seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(replicas.noise_seed(seed))
+        generator = torch.Generator().manual_seed(seed)  # the same batches in every process
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(epoch) * group.get("lr_factor", 1.0)  # absent: older runs
         train_loss, objective = train_epoch(
-            model, optimizer, data, cfg, generator, device, after_step=after_step,
-            loss_terms=loss_terms,
+            net, optimizer, data, cfg, generator, device, after_step=after_step,
+            loss_terms=loss_terms, replicas=replicas,
         )  # fmt: skip
+        train_loss, objective = replicas.mean(train_loss), replicas.mean(objective)
         reason = divergence(train_loss, objective, data.num_classes)
         if reason is not None:
             break
         row = {"epoch": epoch + 1, "lr": cfg.lr_at(epoch), "train_loss": train_loss}
         if loss_terms:
             row["train_objective"] = objective
-        if evaluate:
+        if evaluate and replicas.main:
             row.update(epoch_metrics(model, data, cfg, device))
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{row.get('val_acc', math.nan):.3f}")
-        if run is not None:
+        if run is not None and replicas.main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
             save_checkpoint({**state, "history": history}, run.checkpoint_path)
             save_json({**result, "history": history, "complete": False}, run.metrics_path)
@@ -309,14 +374,22 @@ def train(
     if diverged and run is not None and run.checkpoint_path.exists():
         load_model_state(model, run.checkpoint()["model"], cfg, data)  # the last good epoch
         usable = True
-    if history and usable and evaluate:
+    if history and usable and evaluate and replicas.main:
         result["final"] = final_metrics(model, data, cfg, device)
     result["train_seconds"] = sum(r["seconds"] for r in history)
-    if run is not None:
+    if run is not None and replicas.main:
         save_json(result, run.metrics_path)
         if history:
             plot_curves({run.name: history}, run.curves_path)
     return TrainResult(model, result)
+
+
+def _has_batch_statistics(model: nn.Module) -> bool:
+    """Whether `model` keeps running estimates of batch statistics (batch and population
+    norm), which data-parallel training takes from rank 0 at every forward so that all
+    processes hold the same; analytic and weight norm compute the same statistics from the
+    same weights in every process and need no communication beyond the gradients'."""
+    return any(isinstance(m, BatchNorm | nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def train_epoch(
@@ -329,8 +402,11 @@ def train_epoch(
     *,
     after_step: Sequence[AfterStep] = (),
     loss_terms: Sequence[LossTerm] = (),
+    replicas: Replicas = Replicas(),
 ) -> tuple[float, float]:
-    """One pass over the shuffled training split in train mode. Returns the mean training
+    """One pass over the shuffled training split in train mode (this process's share of
+    every batch, under data-parallel training: the same batches are drawn and augmented
+    in every process, each takes its consecutive slice). Returns the mean training
     loss (NLL of the training batch, the extra normalization samples excluded) and the mean
     objective (the loss plus the extra loss terms). A non-finite objective ends the epoch
     before its step (the parameters stay finite) and makes both means non-finite."""
@@ -345,12 +421,15 @@ def train_epoch(
             x = torch.cat([x, data.train.x[extra]])
         if cfg.augment:
             x = augment_batch(x, fill, generator)
+        if replicas.world > 1:
+            share = len(y) // replicas.world
+            x, y = (t[replicas.rank * share : (replicas.rank + 1) * share] for t in (x, y))
         y = y.to(device)
         loss = nll_loss(model(x.to(device))[: len(y)], y)
         objective = loss
         for term in loss_terms:
             objective = objective + term(model)
-        if not torch.isfinite(objective):
+        if replicas.any(not torch.isfinite(objective)):  # every process stops at this step
             return math.nan, math.nan
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
