@@ -139,6 +139,8 @@ def _reproduce_command(record: dict) -> str:
     words = ["stochnorm reproduce", record["experiment"], "--profile", record["profile"]]
     if record["seed"]:
         words += ["--seed", str(record["seed"])]
+    if record.get("seeds", 1) > 1:
+        words += ["--seeds", str(record["seeds"])]
     for key, value in record["overrides"].items():
         words += [f"--{key.replace('_', '-')}", str(value)]
     return " ".join(words)

@@ -131,4 +131,5 @@ def test_reproduce_with_seeds_decides_on_paired_seed_differences(tmp_path, capsy
     text = report.read_text()
     assert "## fig1-bn-generalization (demo, 2 seeds, width=0.1" in text
     assert f"- rule: {SEED_RULE}" in text
+    assert "--profile demo --seeds 2 --width 0.1" in text
     assert main([*argv[: -len(REPRODUCE_TINY)], "--seeds", "0", *REPRODUCE_TINY]) == 2
