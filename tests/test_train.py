@@ -10,8 +10,9 @@ from stochnorm.bayes import elbo_loss_term
 from stochnorm.errors import ConfigError
 from stochnorm.noise import noise_modules
 from stochnorm.norms import BatchNorm
+from stochnorm.optim import make_optimizer
 from stochnorm.runs import RunDir
-from stochnorm.train import build_model, make_model, make_optimizer
+from stochnorm.train import build_model, make_model
 
 TINY = dict(width=0.1, epochs=2, lr=0.05, lr_decay_epochs=2, eval_train_size=64)
 
@@ -251,8 +252,8 @@ def test_eval_size_keeps_the_first_validation_and_test_images():
 def test_noise_lr_factor_scales_only_the_step_of_the_noise_parameters():
     import copy
 
+    from stochnorm.bayes import add_noise
     from stochnorm.models import AllCNN
-    from stochnorm.train import add_noise, make_optimizer
 
     torch.manual_seed(0)
     model = add_noise(AllCNN(1, 10, width=0.1, norm="weight"), "bayes", sigma_s=0.2).double()

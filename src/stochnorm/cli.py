@@ -15,8 +15,10 @@ from torch import distributed as dist
 
 from . import data
 from .checkpoint import save_json
+from .cli_flags import CONFIG_FLAGS, REPRODUCE_FLAGS, SWITCHES
 from .config import PROFILES, TrainConfig
 from .demo import demo
+from .distributed import Replicas
 from .errors import ConfigError, StochnormError
 from .evaluation import diagnose_analytic, evaluate_run, load_run, measure_bn_noise
 from .experiments import PAPERS, Lab, registry, reproduce
@@ -32,92 +34,7 @@ from .report import (
     write_reproduction_report,
 )
 from .runs import RunDir
-from .train import Replicas, build_model, prepare_data, resolve_device, train
-
-CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
-    "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
-    "--model": (
-        "model", str,
-        "allcnn (All-CNN-C, default), resnet20, or your own factory package.module:function "
-        "(called with in_channels=, num_classes=; its batch norms are converted to --norm)",
-    ),
-    "--norm": (
-        "norm", str,
-        "normalization after every conv: none, batch, weight, analytic, population, group, layer",
-    ),
-    "--groups": ("groups", int, "group norm: number of groups G (32; gcd(C, G) where G does not divide C)"),
-    "--width": ("width", float, "channel multiplier of the registered models (1 = the paper's All-CNN-C)"),
-    "--padding": (
-        "padding", int, "zero padding of the first six convs (1 = Springenberg's All-CNN-C)",
-    ),
-    "--subset": ("subset", float, "fraction of the training split to train on, in (0, 1]"),
-    "--epochs": ("epochs", int, "number of epochs"),
-    "--lr": ("lr", float, "initial learning rate (find one with `stochnorm lr-find`)"),
-    "--lr-decay-epochs": (
-        "lr_decay_epochs", float, "epochs after which the rate has fallen to 0.1*lr",
-    ),
-    "--batch-size": ("batch_size", int, "training batch size (the paper: 32)"),
-    "--norm-batch": (
-        "norm_batch", int,
-        "samples in the normalization statistics: the training batch plus random others "
-        "(default: the training batch alone)",
-    ),
-    "--ghost-batch": (
-        "ghost_batch", int,
-        "batch norm: statistics over groups of this many samples of the batch (data-parallel "
-        "training without synchronized BN, emulated; default: the whole batch)",
-    ),
-    "--momentum": ("momentum", float, "Nesterov momentum (0.9)"),
-    "--weight-decay": ("weight_decay", float, "L2 weight decay (0)"),
-    "--gamma-decay": (
-        "gamma_decay", float, "coefficient of the penalty on the squared scales s (Luo et al.; 0)",
-    ),
-    "--noise": ("noise", str, "noise after every normalization: bn-like or bayes (none)"),
-    "--sigma-v": ("sigma_v", float, "bn-like noise: std of the additive noise V, all layers (0)"),
-    "--sigma-u": (
-        "sigma_u", float, "bn-like noise: std of the multiplicative noise U, all layers (0)",
-    ),
-    "--sigma-s": ("sigma_s", float, "bayes: initial std of the scale posterior q(S) (0.1)"),
-    "--kl-factor": ("kl_factor", float, "bayes: weight of the KL term, 1 = Bayesian (1)"),
-    "--noise-lr-factor": (
-        "noise_lr_factor", float, "bayes: learning rate of sigma_S as a multiple of --lr (1)",
-    ),
-    "--noise-optimizer": (
-        "noise_optimizer", str, "bayes: sgd (default) or adam for the noise parameters",
-    ),
-    "--seed": ("seed", int, "seed of initialization, batch order, augmentation and noise"),
-    "--split-seed": ("split_seed", int, "seed of the fixed 90/10 train/validation split"),
-    "--eval-train-size": (
-        "eval_train_size", int, "training images on which the eval-mode loss is measured",
-    ),
-    "--eval-size": (
-        "eval_size", int, "only the first N validation and test images (default: all; for checks)",
-    ),
-    "--eval-batch-size": ("eval_batch_size", int, "batch size for evaluation"),
-}  # fmt: skip
-
-
-SWITCHES = {  # on/off flag (--x / --no-x) -> (TrainConfig field, help)
-    "--augment": ("augment", "random 2-px translation and horizontal flip of training images (on)"),
-    "--data-init": (
-        "data_init", "data-dependent initialization of the plain network and weight norm (on)",
-    ),
-    "--project": (
-        "project", "project scale-invariant weights onto ||w|| = 1 after every step (off)",
-    ),
-    "--population-gradient": (
-        "population_gradient",
-        "population norm: gradient through the batch's statistics, forward with the "
-        "population's (on)",
-    ),
-    "--sigma-s-per-layer": (
-        "sigma_s_per_layer", "bayes: one sigma_S per layer instead of one per channel (off)",
-    ),
-    "--exact-first-layer": (
-        "exact_first_layer",
-        "analytic norm: first-layer moments from the input patch covariance (on)",
-    ),
-}  # fmt: skip
+from .train import build_model, prepare_data, resolve_device, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -289,11 +206,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = write_report([RunDir(p).check() for p in args.run_dirs], Path(args.out), args.title)
     print(path)
     return 0
-
-
-# Settings a user may change for every run of an experiment (the experiment sets the rest).
-REPRODUCE_FLAGS = ("--dataset", "--model", "--width", "--padding", "--subset", "--epochs",
-                   "--lr-decay-epochs", "--eval-train-size", "--eval-size", "--eval-batch-size")  # fmt: skip
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:

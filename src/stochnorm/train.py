@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -33,12 +32,14 @@ from . import data as datasets
 from .bayes import add_noise, elbo_loss_term
 from .checkpoint import save_checkpoint, save_json
 from .config import TrainConfig
+from .distributed import SINGLE_PROCESS, Replicas
 from .errors import ConfigError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
 from .norms import BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
+from .optim import make_optimizer
 from .plots import plot_curves
 from .prediction import loss_and_accuracy, nll_loss, predict_probs
-from .projection import parameter_groups, project_
+from .projection import project_
 from .provenance import provenance
 from .runs import RunDir
 
@@ -72,53 +73,6 @@ class TrainResult:
 
     model: nn.Module
     metrics: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """This process's place in data-parallel training (torchrun and DistributedDataParallel):
-    its `rank` among `world` processes, each training on its shard of every batch. One
-    process (the default) is rank 0 of 1, and nothing is communicated."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def current(cls) -> Replicas:
-        """The initialized process group's place, or a single process."""
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: the process that evaluates and writes the run directory."""
-        return self.rank == 0
-
-    def mean(self, value: float) -> float:
-        """The mean of `value` over the processes."""
-        if self.world == 1:
-            return value
-        total = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(total)
-        return total.item() / self.world
-
-    def any(self, flag: bool) -> bool:
-        """Whether `flag` is true in any process (all of them stop together)."""
-        if self.world == 1:
-            return flag
-        found = torch.tensor([float(flag)])
-        dist.all_reduce(found, op=dist.ReduceOp.MAX)
-        return bool(found.item())
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def noise_seed(self, seed: int) -> int:
-        """The seed of this process's draws of noise in an epoch (rank 0: `seed` itself, so
-        that one process draws what it always drew): independent across processes."""
-        return seed + 1_000_003 * self.rank
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -202,50 +156,6 @@ def training_inputs(data: datasets.Splits, cfg: TrainConfig, count: int = 10_000
     if cfg.augment:
         x = augment_batch(x, data.fill, torch.Generator().manual_seed(cfg.seed))
     return x
-
-
-class Optimizers:
-    """Several optimizers stepped as one (the training loop's interface to an optimizer):
-    `param_groups` lists the groups of all of them, so the schedule sets every rate."""
-
-    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for opt in self.optimizers:
-            opt.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("optimizers")
-        if saved is None or len(saved) != len(self.optimizers):
-            raise ValueError(f"expected the states of {len(self.optimizers)} optimizers")
-        for opt, one in zip(self.optimizers, saved, strict=True):
-            opt.load_state_dict(one)
-
-
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer | Optimizers:
-    """SGD with Nesterov momentum; no weight decay on scale-invariant weights or learned
-    noise, whose learning rate is `cfg.noise_lr_factor` times the others'. With
-    `cfg.noise_optimizer == "adam"` the noise parameters are stepped by Adam instead (at
-    that rate, on the same schedule), so that sigma_S moves by about its rate per step
-    whatever the size of its gradient, and the rest by SGD as before."""
-    groups = parameter_groups(model, cfg.weight_decay, cfg.noise_lr_factor)
-    sgd_groups = groups[:2] if cfg.noise_optimizer == "adam" else groups
-    sgd = torch.optim.SGD(sgd_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    if cfg.noise_optimizer != "adam" or len(groups) < 3:
-        return sgd
-    return Optimizers(sgd, torch.optim.Adam(groups[2:], lr=cfg.lr * cfg.noise_lr_factor))
 
 
 def prepare_data(cfg: TrainConfig) -> datasets.Splits:
@@ -402,7 +312,7 @@ def train_epoch(
     *,
     after_step: Sequence[AfterStep] = (),
     loss_terms: Sequence[LossTerm] = (),
-    replicas: Replicas = Replicas(),
+    replicas: Replicas = SINGLE_PROCESS,
 ) -> tuple[float, float]:
     """One pass over the shuffled training split in train mode (this process's share of
     every batch, under data-parallel training: the same batches are drawn and augmented
