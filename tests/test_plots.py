@@ -4,20 +4,7 @@ import pytest
 import torch
 
 from stochnorm.plots import plot_curve_rows, plot_grouped_bars, plot_seed_spread, running_mean_std
-
-
-def _history(val_acc, *, train_loss=None, train_eval_loss=None, val_loss=None):
-    """Per-epoch rows as train.py writes them, from lists of values."""
-    n = len(val_acc)
-    train_loss = train_loss or [0.5] * n
-    train_eval_loss = train_eval_loss or [0.4] * n
-    val_loss = val_loss or [0.3] * n
-    return [
-        {"epoch": i + 1, "val_acc": a, "train_loss": t, "train_eval_loss": e, "val_loss": v}
-        for i, (a, t, e, v) in enumerate(
-            zip(val_acc, train_loss, train_eval_loss, val_loss, strict=True)
-        )
-    ]
+from tests.histories import history as made_up_history
 
 
 def test_grouped_bars_draw_groups_with_missing_bars(tmp_path):
@@ -41,7 +28,7 @@ def test_running_mean_std_matches_unfolded_windows(window):
 
 
 def test_protocol_plots_are_written(tmp_path):
-    runs = {"a": _history([0.5, 0.6, 0.7]), "b": _history([0.4, 0.5, 0.65])}
+    runs = {"a": made_up_history([0.5, 0.6, 0.7]), "b": made_up_history([0.4, 0.5, 0.65])}
     rows = plot_curve_rows({"none": runs, "batch": runs}, tmp_path / "rows.png")
     spread = plot_seed_spread({"batch": runs, "analytic": runs}, tmp_path / "spread.png")
     assert rows.stat().st_size > 5_000 and spread.stat().st_size > 5_000

@@ -17,20 +17,7 @@ from stochnorm.experiments.main_protocol import (
     with_mode_gap,
 )
 from stochnorm.experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE
-
-
-def _history(val_acc, *, train_loss=None, train_eval_loss=None, val_loss=None):
-    """Per-epoch rows as train.py writes them, from lists of values."""
-    n = len(val_acc)
-    train_loss = train_loss or [0.5] * n
-    train_eval_loss = train_eval_loss or [0.4] * n
-    val_loss = val_loss or [0.3] * n
-    return [
-        {"epoch": i + 1, "val_acc": a, "train_loss": t, "train_eval_loss": e, "val_loss": v}
-        for i, (a, t, e, v) in enumerate(
-            zip(val_acc, train_loss, train_eval_loss, val_loss, strict=True)
-        )
-    ]
+from tests.histories import history as made_up_history
 
 
 def _summary(history, lr=0.04):
@@ -38,7 +25,7 @@ def _summary(history, lr=0.04):
 
 
 def test_mode_gap_and_log_loss_are_log_ratios_of_the_recorded_losses():
-    history = _history([0.5, 0.6], train_loss=[0.2, 0.1], train_eval_loss=[0.1, 0.1])
+    history = made_up_history([0.5, 0.6], train_loss=[0.2, 0.1], train_eval_loss=[0.1, 0.1])
     history.append({"epoch": 3, "val_acc": 0.7, "train_loss": 0.1, "val_loss": 0.3})
     gaps = with_mode_gap(history)
     assert [row["epoch"] for row in gaps] == [1, 2]  # the epoch without eval loss is left out
@@ -50,9 +37,9 @@ def test_mode_gap_and_log_loss_are_log_ratios_of_the_recorded_losses():
 
 
 def test_seed_deviation_by_hand():
-    first = _history([0.80, 0.82, 0.84, 0.86])  # mean 0.83, sample std sqrt(0.02^2 * 5/3)
-    second = _history([0.70, 0.90, 0.90, 0.90])  # mean 0.85
-    third = _history([0.78, 0.78, 0.78, 0.78])  # mean 0.78, std 0
+    first = made_up_history([0.80, 0.82, 0.84, 0.86])  # mean 0.83, sample std sqrt(0.02^2 * 5/3)
+    second = made_up_history([0.70, 0.90, 0.90, 0.90])  # mean 0.85
+    third = made_up_history([0.78, 0.78, 0.78, 0.78])  # mean 0.78, std 0
     found = seed_deviation([first, second, third], "val_acc", last=4)
     assert found["tail_means"] == pytest.approx([0.83, 0.85, 0.78])
     assert found["deviation"] == pytest.approx(0.05)
@@ -73,7 +60,7 @@ def test_seed_deviation_standard_error_matches_monte_carlo_for_independent_itera
     sigma, n, reps = 0.01, 10, 4000
     differences, errors = [], []
     for _ in range(reps):
-        runs = [_history([0.9 + rng.gauss(0, sigma) for _ in range(n)]) for _ in range(2)]
+        runs = [made_up_history([0.9 + rng.gauss(0, sigma) for _ in range(n)]) for _ in range(2)]
         found = seed_deviation(runs, "val_acc", last=n)
         differences.append(found["tail_means"][1] - found["tail_means"][0])
         errors.append(found["standard_error"])
@@ -85,22 +72,22 @@ def test_seed_deviation_standard_error_matches_monte_carlo_for_independent_itera
 def test_seed_spread_verdict_compares_the_deviation_with_the_iterate_std():
     wobbly = [0.85, 0.87] * 5  # iterate std about 0.0105
     close = SeedSpread().verdict(
-        {"seeds": [0, 1], "runs": {"batch": {"0": _summary(_history(wobbly)),
-                                             "1": _summary(_history([0.861] * 10))}}}
+        {"seeds": [0, 1], "runs": {"batch": {"0": _summary(made_up_history(wobbly)),
+                                             "1": _summary(made_up_history([0.861] * 10))}}}
     )  # fmt: skip
     assert close.status == HOLDS and "max deviation" in close.summary
     far = SeedSpread().verdict(
-        {"seeds": [0, 1], "runs": {"batch": {"0": _summary(_history(wobbly)),
-                                             "1": _summary(_history([0.90] * 10))}}}
+        {"seeds": [0, 1], "runs": {"batch": {"0": _summary(made_up_history(wobbly)),
+                                             "1": _summary(made_up_history([0.90] * 10))}}}
     )  # fmt: skip
     assert far.status == FAILS
 
 
 def _fig2_numbers(large_val_acc, large_train_loss):
     n = 10
-    small = _history([0.90, 0.91] * 5, train_loss=[0.2] * n, train_eval_loss=[0.1] * n,
+    small = made_up_history([0.90, 0.91] * 5, train_loss=[0.2] * n, train_eval_loss=[0.1] * n,
                      val_loss=[0.30, 0.31] * 5)  # fmt: skip
-    large = _history([large_val_acc] * n, train_loss=[large_train_loss] * n,
+    large = made_up_history([large_val_acc] * n, train_loss=[large_train_loss] * n,
                      train_eval_loss=[0.1] * n, val_loss=[0.40] * n)  # fmt: skip
     return {"batch_size": 32, "norm_batch": 1024,
             "runs": {"BN norm batch 32": _summary(small), "BN norm batch 1024": _summary(large)}}  # fmt: skip
@@ -123,10 +110,10 @@ def test_normalization_batch_verdict():
 def test_batch_size_verdict():
     def numbers(bn_large_acc, bn_large_loss):
         runs = {
-            "none": {"32": _summary(_history([0.90] * 10)),
-                     "128": _summary(_history([0.85] * 10))},
-            "batch": {"32": _summary(_history([0.92, 0.921] * 5, train_eval_loss=[0.1] * 10)),
-                      "128": _summary(_history([bn_large_acc] * 10,
+            "none": {"32": _summary(made_up_history([0.90] * 10)),
+                     "128": _summary(made_up_history([0.85] * 10))},
+            "batch": {"32": _summary(made_up_history([0.92, 0.921] * 5, train_eval_loss=[0.1] * 10)),
+                      "128": _summary(made_up_history([bn_large_acc] * 10,
                                                train_eval_loss=[bn_large_loss] * 10))},
         }  # fmt: skip
         return {"batch_sizes": [32, 128], "skipped": [], "searched_lr": True, "runs": runs}

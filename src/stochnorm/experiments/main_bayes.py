@@ -26,12 +26,12 @@ from .cases import (
 )
 from .verdicts import (
     FAILS,
-    HOLDS,
     SEED_RULE,
     TOLERANCE_RULE,
     Verdict,
     combine,
     compare,
+    decide,
     diverged_parts,
     improvement_verdict,
     paired_seeds,
@@ -255,10 +255,7 @@ def _test_verdict(
         f" vs {b} {scale * mean_or_first(list(vb.values()), runs[b]['test'][b_mode][key]):.3f} (margin "
         f"{scale * margin:+.3f}, {spread} {scale * noise:.3f})"
     )
-    if tolerant:
-        return Verdict(HOLDS if margin >= -noise else FAILS, summary + ", not worse beyond "
-                       "the noise", margin, noise, rule=rule)  # fmt: skip
-    return compare(margin, noise, summary, rule=rule)
+    return decide(margin, noise, summary, rule=rule, tolerant=tolerant)
 
 
 def mean_or_first(values: Sequence[float], first: float) -> float:

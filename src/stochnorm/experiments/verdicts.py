@@ -142,10 +142,18 @@ def improvement_verdict(
         f"{key} {better} {scale * ma:.3f}{unit} vs {worse} {scale * mb:.3f}{unit} (margin "
         f"{scale * margin:+.3f}, {spread} {scale * noise:.3f})"
     )
+    return decide(margin, noise, text, rule=rule, tolerant=tolerant)
+
+
+def decide(
+    margin: float, noise: float, summary: str, *, rule: str | None, tolerant: bool = False
+) -> Verdict:
+    """`compare` for the claim "margin > 0"; with `tolerant`, the weaker claim "not worse by
+    more than the noise" (holds unless margin < -noise)."""
     if tolerant:
-        return Verdict(HOLDS if margin >= -noise else FAILS, text + ", not worse by more "
+        return Verdict(HOLDS if margin >= -noise else FAILS, summary + ", not worse by more "
                        "than the noise", margin, noise, rule=rule)  # fmt: skip
-    return compare(margin, noise, text, rule=rule)
+    return compare(margin, noise, summary, rule=rule)
 
 
 def diverged_parts(runs: Mapping[str, Mapping[str, Any]]) -> list[Verdict]:
