@@ -35,6 +35,12 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(module, qualname)
 
 
+def _symbolic_tracing() -> bool:
+    """Whether torch.fx is tracing (newer torch names the check without a warning)."""
+    check = getattr(fx._symbolic_trace, "is_fx_symbolic_tracing", fx._symbolic_trace.is_fx_tracing)
+    return check()
+
+
 def _pair(value: Any, n: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, Sequence) else (value,) * n
 
@@ -131,7 +137,7 @@ class MomentPropagation(nn.Module):
     def before_forward(self, model: nn.Module, args: tuple) -> None:
         """The forward pre-hook of `model`: propagate in training mode (not while torch.fx
         traces the model, when the inputs are proxies)."""
-        if model.training and not fx._symbolic_trace.is_fx_tracing():
+        if model.training and not _symbolic_tracing():
             x = args[0]
             self.propagate(model, channels=x.shape[1], size=tuple(x.shape[2:]))
 
