@@ -16,7 +16,7 @@ from .checkpoint import load_json, save_json
 from .config import TrainConfig
 from .errors import ConfigError
 from .evaluation import evaluate_run
-from .labels import SIGMA_FROM_BN, parse_label
+from .labels import needs_bn_noise, parse_label, with_bn_noise
 from .lr_search import lr_find
 from .runs import RunDir
 from .train import train
@@ -24,10 +24,15 @@ from .train import train
 
 def bn_like_sigmas(path: Path) -> dict[str, tuple[float, ...]]:
     """The per-layer sigma_V, sigma_U that `stochnorm diagnose bn-noise` wrote to `path`."""
+    summary = _bn_noise_summary(path)
+    return {"sigma_v": tuple(summary["sigma_v"]), "sigma_u": tuple(summary["sigma_u"])}
+
+
+def _bn_noise_summary(path: Path) -> dict[str, Any]:
     summary = load_json(Path(path)).get("summary", {})
     if "sigma_v" not in summary:
         raise ConfigError(f"{path}: no per-layer sigma_v/sigma_u (not bn-noise output)")
-    return {"sigma_v": tuple(summary["sigma_v"]), "sigma_u": tuple(summary["sigma_u"])}
+    return summary
 
 
 def label_config(
@@ -41,12 +46,10 @@ def label_config(
     the profile's unless overridden); a "-bnlike" label takes its sigmas from `noise_from`,
     and a "-sbn" label its initial sigma_S per layer (BN's measured sigma_U)."""
     settings = parse_label(label)
-    bn_like = settings.get("noise") == "bn-like"
-    if bn_like or settings.get("sigma_s") == SIGMA_FROM_BN:
+    if needs_bn_noise(settings):
         if noise_from is None:
             raise ConfigError(f"{label}: BN's measured noise needs --noise-from BN_NOISE_JSON")
-        sigmas = bn_like_sigmas(noise_from)
-        settings.update(sigmas if bn_like else {"sigma_s": sigmas["sigma_u"]})
+        settings = with_bn_noise(settings, _bn_noise_summary(noise_from))
     return TrainConfig.from_profile(profile, **{**settings, **(overrides or {})})
 
 

@@ -90,6 +90,26 @@ def parse_label(label: str) -> dict[str, Any]:
     return settings
 
 
+def needs_bn_noise(settings: dict[str, Any]) -> bool:
+    """Whether parsed label settings take values from a BN noise measurement (BN-like noise,
+    or learned noise starting at BN's level)."""
+    return settings.get("noise") == "bn-like" or settings.get("sigma_s") == SIGMA_FROM_BN
+
+
+def with_bn_noise(settings: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with what they take from the summary of a BN noise measurement
+    (`stochnorm diagnose bn-noise`): the per-layer sigma_V, sigma_U of BN-like noise, or
+    sigma_U as the initial sigma_S of "-sbn"."""
+    if "sigma_v" not in summary or "sigma_u" not in summary:
+        raise ConfigError("no per-layer sigma_v/sigma_u in the BN noise summary")
+    sigma_v, sigma_u = tuple(summary["sigma_v"]), tuple(summary["sigma_u"])
+    if settings.get("noise") == "bn-like":
+        return {**settings, "sigma_v": sigma_v, "sigma_u": sigma_u}
+    if settings.get("sigma_s") == SIGMA_FROM_BN:
+        return {**settings, "sigma_s": sigma_u}
+    return settings
+
+
 def format_label(settings: dict[str, Any]) -> str:
     """The label of a configuration's settings (a TrainConfig's `to_dict()` or the output
     of `parse_label`): the inverse of `parse_label` on the settings a label can name."""

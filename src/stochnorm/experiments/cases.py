@@ -19,7 +19,7 @@ from typing import Any
 from ..checkpoint import load_json, save_json
 from ..config import TrainConfig
 from ..evaluation import measure_bn_noise
-from ..labels import SIGMA_FROM_BN, parse_label
+from ..labels import needs_bn_noise, parse_label, with_bn_noise
 from ..runs import RunDir
 from ..stats import tail_mean
 from ..train import prepare_data
@@ -75,11 +75,8 @@ def run_config(lab: Lab, label: str) -> TrainConfig:
     gets the per-layer sigma_V, sigma_U measured on the lab's BN run at its training batch
     size, a "-sbn" label that sigma_U as its initial sigma_S."""
     settings = parse_label(label)
-    if settings.get("noise") == "bn-like":
-        summary = bn_noise_measurement(lab)["summary"]
-        settings.update(sigma_v=tuple(summary["sigma_v"]), sigma_u=tuple(summary["sigma_u"]))
-    if settings.get("sigma_s") == SIGMA_FROM_BN:  # learned noise starting at BN's level
-        settings["sigma_s"] = tuple(bn_noise_measurement(lab)["summary"]["sigma_u"])
+    if needs_bn_noise(settings):
+        settings = with_bn_noise(settings, bn_noise_measurement(lab)["summary"])
     return lab.config(**settings)
 
 
