@@ -127,13 +127,19 @@ def build_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
 def attach_analytic(model: nn.Module, cfg: TrainConfig, data: datasets.Splits) -> None:
     """Give analytic norm the measured moments of the training inputs (per channel, and the
     first layer's patch covariance when `exact_first_layer`) and set its statistics."""
+    mean, var, patches, size = measured_input_moments(model, cfg, data)
+    analytic.attach(model, mean, var, channels=data.in_channels, size=size, input_patches=patches)
+
+
+def measured_input_moments(
+    model: nn.Module, cfg: TrainConfig, data: datasets.Splits
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None, tuple[int, ...]]:
+    """Per-channel mean and variance of the training inputs as training sees them, the
+    first layer's patch moments when `exact_first_layer` (else None), and the image size."""
     x = training_inputs(data, cfg)
     var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
     patches = first_layer_patches(model, x) if cfg.exact_first_layer else None
-    analytic.attach(
-        model, mean, var, channels=data.in_channels, size=tuple(x.shape[2:]),
-        input_patches=patches,
-    )  # fmt: skip
+    return mean, var, patches, tuple(x.shape[2:])
 
 
 def first_layer_patches(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -395,9 +401,7 @@ def load_model_state(
     model.load_state_dict(state)
     propagation = analytic.propagation_of(model)
     if propagation is not None and propagation.needs_input_moments:
-        x = training_inputs(data, cfg)
-        var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
-        patches = first_layer_patches(model, x) if cfg.exact_first_layer else None
+        mean, var, patches, _ = measured_input_moments(model, cfg, data)
         propagation.set_input_moments(mean, var, patches)
 
 
