@@ -177,12 +177,9 @@ class MomentPropagation(nn.Module):
         first = inputs[0] if inputs else None
         if node.op == "call_module":
             module = model.get_submodule(node.target)
-            source = node.args[0] if node.args else None
             if (
                 self.input_patches is not None
-                and isinstance(source, fx.Node)
-                and source.op == "placeholder"
-                and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+                and _reads_input(node, module)
                 and module.weight[0].numel() == self.input_patches[0].numel()
             ):
                 return self._first_layer_rule(module, first)
@@ -299,15 +296,21 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
     graph = _Tracer().trace(model)
     for node in graph.nodes:
         if node.op == "call_module":
-            source = node.args[0] if node.args else None
             module = model.get_submodule(node.target)
-            if (
-                isinstance(source, fx.Node)
-                and source.op == "placeholder"
-                and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
-            ):
+            if _reads_input(node, module):
                 return node.target, module
     return None
+
+
+def _reads_input(node: fx.Node, module: nn.Module) -> bool:
+    """Whether the call of `module` at `node` is a conv/linear layer applied to the model's
+    input itself (the layer whose output moments the input patches make exact)."""
+    source = node.args[0] if node.args else None
+    return (
+        isinstance(source, fx.Node)
+        and source.op == "placeholder"
+        and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+    )
 
 
 def attach(
