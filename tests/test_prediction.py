@@ -114,3 +114,17 @@ def test_mc_batch_norm_normalizes_by_random_training_batches():
     assert not model.training
     with pytest.raises(ValueError, match="batch normalization"):
         predict_mc_batchnorm(nn.Sequential(nn.Linear(8, 4)), data, train, (2,))
+
+
+def test_mc_batch_norm_leaves_population_norm_to_its_estimates():
+    from stochnorm.norms import BatchNorm, PopulationNorm
+
+    torch.manual_seed(9)
+    lin = nn.Linear(8, 4)
+    model = nn.Sequential(lin, make_norm("population", 4, lin), nn.LogSoftmax(1))
+    train = Split(torch.randn(100, 8) * 3, torch.zeros(100, dtype=torch.long))
+    model.train()(train.x)
+    data = Split(torch.randn(20, 8), torch.zeros(20, dtype=torch.long))
+    assert isinstance(model[1], PopulationNorm) and isinstance(model[1], BatchNorm)
+    with pytest.raises(ValueError, match="batch normalization"):
+        predict_mc_batchnorm(model.eval(), data, train, (2,))

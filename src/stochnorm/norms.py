@@ -440,6 +440,11 @@ class LayerNorm(GroupNorm):
         return f"{self.num_features}, eps={self.eps}"
 
 
+# Batch norms that keep running estimates of batch statistics: stochnorm's (population norm
+# included) and torch's, with any module that subclasses one (e.g. timm's BatchNormAct2d).
+BATCH_NORMS = (BatchNorm, nn.modules.batchnorm._BatchNorm)
+
+
 def gamma_decay(model: nn.Module) -> Tensor:
     """Luo et al.'s explicit regularizer of the scales: the sum of s_c^2 over every channel
     of every normalization in `model`. Their analysis of BN gives a coefficient zeta that

@@ -13,7 +13,7 @@ from . import metrics
 from .bayes import predict, predict_running
 from .data import Split
 from .noise import ScaleNoise
-from .norms import BatchNorm, normalizations
+from .norms import BATCH_NORMS, PopulationNorm, normalizations
 
 
 def predict_probs(
@@ -50,9 +50,10 @@ def predict_mc_batchnorm(
     biased variance, as in training: each layer's from the batch normalized by the layers
     before it), instead of the running estimates. Batch norm as `torch.nn` or stochnorm's;
     the model, its running estimates and its mode are left as they were."""
-    layers = [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | BatchNorm)
-    ]
+    layers = [  # population norm normalizes by its estimates, not by the batch
+        m for m in model.modules()
+        if isinstance(m, BATCH_NORMS) and not isinstance(m, PopulationNorm)
+    ]  # fmt: skip
     if not layers:
         raise ValueError("MC batch norm needs a model with batch normalization")
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())

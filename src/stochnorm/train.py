@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .distributed import SINGLE_PROCESS, Replicas
 from .errors import ConfigError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
-from .norms import BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
+from .norms import BATCH_NORMS, BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
 from .optim import make_optimizer
 from .plots import plot_curves
 from .prediction import loss_and_accuracy, nll_loss, predict_probs
@@ -305,7 +305,7 @@ def _has_batch_statistics(model: nn.Module) -> bool:
     norm), which data-parallel training takes from rank 0 at every forward so that all
     processes hold the same; analytic and weight norm compute the same statistics from the
     same weights in every process and need no communication beyond the gradients'."""
-    return any(isinstance(m, BatchNorm | nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(isinstance(m, BATCH_NORMS) for m in model.modules())
 
 
 def train_epoch(
