@@ -12,7 +12,7 @@ from stochnorm.checkpoint import save_checkpoint, save_json
 from stochnorm.config import TrainConfig
 from stochnorm.diagnostics import bn_noise, summarize_bn_noise
 from stochnorm.errors import ConfigError
-from stochnorm.evaluation import load_run, measure_bn_noise, temperature_scaled
+from stochnorm.evaluation import load_run, measure_bn_noise, single_pass
 from stochnorm.experiments.main_noise import fig4_numbers
 from stochnorm.prediction import predict_probs
 from stochnorm.train import build_model
@@ -81,7 +81,7 @@ def test_temperature_scaling_is_fitted_on_validation_and_applied_to_test(bn_run)
     cfg, data, model = load_run(bn_run)
     cfg = cfg.replace(eval_size=500)
     data = dataclasses.replace(data, val=data.val.head(500), test=data.test.head(500))
-    found = temperature_scaled(model, data, 250, "cpu")
+    found = single_pass(model, data, 250, "cpu")["temperature_scaled"]
     val = predict_probs(model, data.val)
     assert found["temperature"] == pytest.approx(metrics.fit_temperature(val, data.val.y))
     test = metrics.temperature_scale(predict_probs(model, data.test), found["temperature"])

@@ -29,7 +29,6 @@ from .prediction import (
 from .provenance import provenance
 from .runs import RunDir
 from .train import (
-    final_metrics,
     load_model_state,
     make_model,
     prepare_data,
@@ -78,8 +77,7 @@ def evaluate_run(
         seed=seed,
     )  # fmt: skip
     result = {
-        "metrics": final_metrics(model, data, cfg, device),
-        "temperature_scaled": temperature_scaled(model, data, cfg.eval_batch_size, device),
+        **single_pass(model, data, cfg.eval_batch_size, device),
         "requested_samples": requested,
         "samples": list(samples),
         "robustness_size": robustness_size,
@@ -130,16 +128,22 @@ def mc_batchnorm_report(
     return {f"mc{k}": metrics.summary(probs, data.test.y) for k, probs in found.items()}
 
 
-def temperature_scaled(
+def single_pass(
     model: nn.Module, data: datasets.Splits, batch_size: int, device: torch.device | str
 ) -> dict[str, Any]:
-    """The single pass after post-hoc temperature scaling, the standard fix of a network's
-    calibration: one temperature fitted on the validation set (`metrics.fit_temperature`),
-    applied to the test set: {"temperature", "test": accuracy, NLL, ECE, Brier}."""
+    """The eval-mode single pass on the validation and test sets, each predicted once:
+    "metrics" (accuracy, NLL, ECE, Brier per split, as the training loop's final metrics)
+    and "temperature_scaled", the test set after post-hoc temperature scaling, the
+    standard fix of a network's calibration: one temperature fitted on the validation set
+    (`metrics.fit_temperature`): {"temperature", "test": accuracy, NLL, ECE, Brier}."""
     kwargs = {"batch_size": batch_size, "device": device}
-    temperature = metrics.fit_temperature(predict_probs(model, data.val, **kwargs), data.val.y)
-    test = metrics.temperature_scale(predict_probs(model, data.test, **kwargs), temperature)
-    return {"temperature": temperature, "test": metrics.summary(test, data.test.y)}
+    val, test = (predict_probs(model, split, **kwargs) for split in (data.val, data.test))
+    temperature = metrics.fit_temperature(val, data.val.y)
+    scaled = metrics.temperature_scale(test, temperature)
+    return {
+        "metrics": {"val": metrics.summary(val, data.val.y), "test": metrics.summary(test, data.test.y)},
+        "temperature_scaled": {"temperature": temperature, "test": metrics.summary(scaled, data.test.y)},
+    }  # fmt: skip
 
 
 def measure_bn_noise(
