@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -251,15 +252,16 @@ def _test_verdict(
     margin = sign * diff
     scale = 100 if key == "accuracy" else 1
     summary = (
-        f"{text}: {a} {scale * mean_or_first(list(va.values()), runs[a]['test'][a_mode][key]):.3f}"
-        f" vs {b} {scale * mean_or_first(list(vb.values()), runs[b]['test'][b_mode][key]):.3f} (margin "
+        f"{text}: {a} {scale * _mean_or(list(va.values()), runs[a]['test'][a_mode][key]):.3f}"
+        f" vs {b} {scale * _mean_or(list(vb.values()), runs[b]['test'][b_mode][key]):.3f} (margin "
         f"{scale * margin:+.3f}, {spread} {scale * noise:.3f})"
     )
     return decide(margin, noise, summary, rule=rule, tolerant=tolerant)
 
 
-def mean_or_first(values: Sequence[float], first: float) -> float:
-    return sum(values) / len(values) if len(values) > 1 else first
+def _mean_or(values: Sequence[float], default: float) -> float:
+    """The mean over seeds, or `default` (the first seed's value) without two of them."""
+    return statistics.fmean(values) if len(values) > 1 else default
 
 
 def _goal_notes(runs: Mapping[str, Any], mc: str) -> list[str]:
