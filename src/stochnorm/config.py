@@ -201,6 +201,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "demo": dict(width=0.25, subset=0.2, epochs=6, lr_decay_epochs=3, eval_train_size=500),
     # width 1/3 on 10% of the training split (5,400 images), whole validation/test sets.
     "quick": dict(width=1 / 3, subset=0.1, epochs=60, lr_decay_epochs=30),
+    # the quick data and model on half quick's schedule: the benchmark's grid of batch sizes.
+    "bench": dict(width=1 / 3, subset=0.1, epochs=30, lr_decay_epochs=15),
     # width 1/3 on the whole training split.
     "quick-full": dict(width=1 / 3, subset=1.0, epochs=15, lr_decay_epochs=7.5),
     # the paper's schedule: width 1, 1200 epochs, gamma**600 = 0.1 (a GPU run).
@@ -208,4 +210,4 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 # Epochs of one learning-rate candidate in `lr-find` (the paper: 5 of 1200 epochs).
-LR_FIND_EPOCHS = {"demo": 2, "quick": 5, "quick-full": 1, "full": 5}
+LR_FIND_EPOCHS = {"demo": 2, "quick": 5, "bench": 5, "quick-full": 1, "full": 5}
