@@ -135,29 +135,44 @@ def predict_running(
 ) -> dict[int, Tensor]:
     """`predict` for several sample counts at once: {K: probabilities [N, C]} for every K in
     `counts`, where MC-K averages the first K of one sequence of max(counts) sampled passes
-    per batch (the draws [K, N, C] are kept in an explicit dimension before averaging).
-    Costs the passes of the largest count only; K <= 1 is the single pass, and so is every
-    K for a model without noise (nothing is random)."""
+    per batch (`predict_draws`). Costs the passes of the largest count only; K <= 1 is the
+    single pass, and so is every K for a model without noise (nothing is random)."""
     counts = list(dict.fromkeys(counts))
     noisy = bool(noise_modules(model))
     draws_needed = max((k for k in counts if k > 1), default=0) if noisy else 0
+    single = None
+    if draws_needed == 0 or any(k <= 1 for k in counts):
+        single = predict_draws(model, x, 0, batch_size=batch_size)[0]
+    if not draws_needed:
+        return dict.fromkeys(counts, single)
+    draws = predict_draws(model, x, draws_needed, generator=generator, batch_size=batch_size)
+    return {k: draws[:k].mean(0) if k > 1 else single for k in counts}
+
+
+@torch.no_grad()
+def predict_draws(
+    model: nn.Module,
+    x: Tensor,
+    samples: int,
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int = 500,
+) -> Tensor:
+    """The class probabilities of each of `samples` passes with the noise sampled, [K, N, C],
+    drawn batch by batch (the K passes of a batch one after another); `samples` = 0 gives
+    the single pass with mean parameters, as [1, N, C]."""
     was_training = model.training
     model.eval()
     try:
-        chunks: dict[int, list[Tensor]] = {k: [] for k in counts}
+        chunks = []
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
-            single = None
-            if draws_needed == 0 or any(k <= 1 for k in counts):
-                single = torch.softmax(model(xb).float(), dim=1)
-            if draws_needed:
+            if samples > 0:
                 with sampling(model, generator):
-                    draws = torch.stack(
-                        [torch.softmax(model(xb).float(), dim=1) for _ in range(draws_needed)]
-                    )
-            for k in counts:
-                mc = k > 1 and draws_needed
-                chunks[k].append(draws[:k].mean(0) if mc else single)
-        return {k: torch.cat(parts) for k, parts in chunks.items()}
+                    passes = [torch.softmax(model(xb).float(), dim=1) for _ in range(samples)]
+            else:
+                passes = [torch.softmax(model(xb).float(), dim=1)]
+            chunks.append(torch.stack(passes))
+        return torch.cat(chunks, dim=1)
     finally:
         model.train(was_training)

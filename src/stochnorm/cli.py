@@ -14,6 +14,7 @@ import torch
 from torch import distributed as dist
 
 from . import data
+from .benchmark import REGIMES, Benchmark, regime, run_benchmark
 from .checkpoint import save_json
 from .cli_flags import CONFIG_FLAGS, REPRODUCE_FLAGS, SWITCHES
 from .config import PROFILES, TrainConfig
@@ -247,6 +248,24 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    chosen = REGIMES if not args.regimes else [regime(n) for n in args.regimes.split(",")]
+    overrides = {CONFIG_FLAGS[f][0]: getattr(args, CONFIG_FLAGS[f][0]) for f in REPRODUCE_FLAGS}
+    bench = Benchmark(
+        args.profile, Path(args.out), seeds=args.seeds, regimes=chosen,
+        reuse=[Path(p) for p in args.reuse], device=args.device, progress=not args.no_progress,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+    )  # fmt: skip
+    command = "stochnorm " + " ".join(args.argv)
+    numbers = run_benchmark(bench, command, samples=args.samples, train=not args.available)
+    print(Path(args.out) / "BENCHMARK.md")
+    if numbers["missing"]:
+        print(f"{len(numbers['missing'])} cells not trained yet (run without --available)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
 
     return demo(Path(args.out), device=args.device, progress=not args.no_progress)
@@ -428,6 +447,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_reproduce)
 
+    p = sub.add_parser(
+        "benchmark", help="the practitioner's benchmark: regimes x methods x seeds, BENCHMARK.md"
+    )
+    p.add_argument(
+        "--profile", choices=list(PROFILES), default="bench",
+        help="size of every run (default bench: quick's data and model, 30 epochs; about ten "
+        "hours on 2 CPU cores; full: a GPU)",
+    )  # fmt: skip
+    p.add_argument("--out", default="runs/benchmark", help="output directory (runs/benchmark)")
+    p.add_argument("--seeds", type=_number(int), default=3, help="seeds per cell (default 3)")
+    p.add_argument(
+        "--regimes",
+        help=f"comma-separated regimes (default all: {', '.join(r.name for r in REGIMES)})",
+    )
+    p.add_argument("--samples", type=_number(int), default=10, help="MC passes K (default 10)")
+    p.add_argument(
+        "--reuse", action="append", default=[], metavar="DIR",
+        help="also look for finished runs and lr searches of the same configuration here",
+    )  # fmt: skip
+    p.add_argument(
+        "--available", action="store_true",
+        help="train nothing: measure and report the cells already finished",
+    )  # fmt: skip
+    for flag in REPRODUCE_FLAGS:
+        field, kind, text = CONFIG_FLAGS[flag]
+        p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_cmd_benchmark)
+
     p = sub.add_parser("diagnose", help="measurements on a trained or fresh network")
     checks = p.add_subparsers(dest="check", required=True, parser_class=_Parser)
     q = checks.add_parser(
@@ -461,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed, for the records that name it
     try:
         return args.func(args)
     except StochnormError as exc:

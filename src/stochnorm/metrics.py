@@ -37,16 +37,37 @@ def brier(probs: Tensor, labels: Tensor) -> float:
     return (probs.double() - onehot).pow(2).sum(1).mean().item()
 
 
-def ece(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
-    """Expected calibration error: sum_b |B_b|/N * |acc_b - conf_b| over `bins` equal-width
-    bins of the confidence max_c p_c (bin b holds confidences in ((b-1)/bins, b/bins])."""
+def reliability(probs: Tensor, labels: Tensor, bins: int = 15) -> dict[str, list[float]]:
+    """The reliability diagram of the confidence max_c p_c in `bins` equal-width bins (bin b
+    holds confidences in ((b-1)/bins, b/bins]): per bin its sample count, mean confidence and
+    accuracy (0 for an empty bin)."""
     _check(probs, labels)
     conf, pred = probs.double().max(1)
     correct = (pred == labels).double()
     index = (conf * bins).ceil().long().clamp(1, bins) - 1
-    conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, conf)
-    correct_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, correct)
-    return ((conf_sum - correct_sum).abs().sum() / len(labels)).item()
+    zeros = torch.zeros(bins, dtype=torch.float64, device=probs.device)
+    count = zeros.index_add(0, index, torch.ones_like(conf))
+    conf_sum = zeros.index_add(0, index, conf)
+    correct_sum = zeros.index_add(0, index, correct)
+    safe = count.clamp_min(1)
+    return {
+        "count": count.tolist(),
+        "confidence": (conf_sum / safe).tolist(),
+        "accuracy": (correct_sum / safe).tolist(),
+    }
+
+
+def ece(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
+    """Expected calibration error: sum_b |B_b|/N * |acc_b - conf_b| over the bins of
+    `reliability`."""
+    diagram = reliability(probs, labels, bins)
+    gaps = (
+        n * abs(a - c)
+        for n, a, c in zip(
+            diagram["count"], diagram["accuracy"], diagram["confidence"], strict=True
+        )
+    )
+    return sum(gaps) / len(labels)
 
 
 def entropy(probs: Tensor) -> Tensor:
@@ -55,24 +76,40 @@ def entropy(probs: Tensor) -> Tensor:
     return -(p * p.clamp_min(_TINY).log()).sum(1)
 
 
+def uncertainty(probs: Tensor, score: str = "entropy") -> Tensor:
+    """Per sample [N]: the predictive entropy (`score` "entropy") or 1 - max_c p_c
+    ("max-prob"), larger for a less certain prediction."""
+    if score == "entropy":
+        return entropy(probs)
+    if score == "max-prob":
+        return 1.0 - probs.double().max(1).values
+    raise ValueError(f"unknown uncertainty score {score!r}; use 'entropy' or 'max-prob'")
+
+
 def error_coverage(probs: Tensor, labels: Tensor, score: str = "entropy") -> tuple[Tensor, Tensor]:
     """Error rate of the kept samples against the kept fraction, rejecting the most uncertain
-    first. `score` is "entropy" (predictive entropy) or "max-prob" (1 - max_c p_c).
+    first (`uncertainty` by `score`).
 
     Returns (coverage, error), both [N]: coverage[i] = (i+1)/N is the fraction kept when the
-    i+1 most certain samples are kept, error[i] the error rate among them.
+    i+1 most certain samples are kept, error[i] the error rate among them. Samples of equal
+    uncertainty are one block, kept in no particular order: inside a block the kept errors
+    are the block's expected count (its errors times the fraction of it kept), so the curve
+    does not depend on the order of the samples.
     """
     _check(probs, labels)
-    if score == "entropy":
-        uncertainty = entropy(probs)
-    elif score == "max-prob":
-        uncertainty = 1.0 - probs.double().max(1).values
-    else:
-        raise ValueError(f"unknown rejection score {score!r}; use 'entropy' or 'max-prob'")
-    order = torch.argsort(uncertainty, stable=True)
+    u = uncertainty(probs, score)
+    order = torch.argsort(u, stable=True)
     wrong = (probs.argmax(1) != labels)[order].double()
-    kept = torch.arange(1, len(labels) + 1, dtype=torch.float64)
-    return kept / len(labels), wrong.cumsum(0) / kept
+    _, counts = torch.unique_consecutive(u[order], return_counts=True)
+    block = torch.repeat_interleave(torch.arange(len(counts), device=u.device), counts)
+    block_end = counts.cumsum(0)
+    block_errors = torch.zeros(len(counts), dtype=torch.float64, device=u.device)
+    block_errors = block_errors.index_add(0, block, wrong)
+    errors_before = block_errors.cumsum(0) - block_errors
+    kept = torch.arange(1, len(labels) + 1, dtype=torch.float64, device=u.device)
+    in_block = kept - (block_end - counts)[block]  # 1..size within the block
+    kept_errors = errors_before[block] + block_errors[block] * in_block / counts[block]
+    return kept / len(labels), kept_errors / kept
 
 
 def aurc(probs: Tensor, labels: Tensor, score: str = "entropy") -> float:
@@ -80,6 +117,45 @@ def aurc(probs: Tensor, labels: Tensor, score: str = "entropy") -> float:
     coverages k/N (a right Riemann sum over [0, 1])."""
     _, error = error_coverage(probs, labels, score)
     return error.mean().item()
+
+
+def mutual_information(draws: Tensor) -> Tensor:
+    """Per sample [N], from sampled predictive distributions `draws` [K, N, C]: the mutual
+    information between the label and the model's noise, H[mean_k p_k] - mean_k H[p_k]
+    (the part of the predictive entropy that the samples disagree on)."""
+    if draws.ndim != 3:
+        raise ValueError(f"expected draws [K, N, C], got {tuple(draws.shape)}")
+    return entropy(draws.double().mean(0)) - torch.stack([entropy(p) for p in draws]).mean(0)
+
+
+def auroc(in_scores: Tensor, out_scores: Tensor) -> float:
+    """Area under the ROC curve of telling unfamiliar inputs from familiar ones by a score
+    that is larger for the unfamiliar (an uncertainty): the probability that an unfamiliar
+    input scores above a familiar one, ties counting one half (Mann-Whitney U / (n m))."""
+    if in_scores.numel() == 0 or out_scores.numel() == 0:
+        raise ValueError("auroc needs familiar and unfamiliar scores")
+    a, b = in_scores.double().flatten(), out_scores.double().flatten()
+    both = torch.cat([a, b])
+    order = torch.argsort(both, stable=True)
+    _, inverse, counts = torch.unique(both[order], return_inverse=True, return_counts=True)
+    mid_rank = (counts.cumsum(0) - (counts - 1) / 2.0).double()  # average 1-based rank of ties
+    ranks = torch.empty_like(both)
+    ranks[order] = mid_rank[inverse]
+    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2
+    return (u / (len(a) * len(b))).item()
+
+
+def fpr_at_tpr(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> float:
+    """False-positive rate at `tpr` true-positive rate, with the familiar inputs the
+    positives (Liang et al.'s "FPR at 95% TPR"): accept an input when its uncertainty is at
+    most the smallest threshold that accepts a fraction `tpr` of the familiar ones; returns
+    the fraction of unfamiliar inputs accepted."""
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    a = in_scores.double().flatten().sort().values
+    k = max(int(torch.tensor(tpr * len(a)).ceil().item()), 1)
+    threshold = a[k - 1]
+    return (out_scores.double() <= threshold).double().mean().item()
 
 
 def summary(probs: Tensor, labels: Tensor) -> dict[str, float]:

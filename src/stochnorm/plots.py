@@ -220,3 +220,62 @@ def plot_grouped_bars(
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
+
+
+def plot_seed_means(
+    panels: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]], path: Path
+) -> Path:
+    """One row per metric (outer key), one panel per group (e.g. a regime): a point with a
+    two-standard-error bar per entry, {metric: {group: {entry: (mean, se)}}}; entries share a
+    colour across panels."""
+    metrics_, groups = list(panels), list(dict.fromkeys(g for m in panels.values() for g in m))
+    names = list(dict.fromkeys(e for m in panels.values() for g in m.values() for e in g))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    fig, axes = plt.subplots(len(metrics_), len(groups), squeeze=False,
+                             figsize=(3.2 * len(groups) + 1.5, 0.25 * len(names) + 2.2 * len(metrics_)))  # fmt: skip
+    for i, metric in enumerate(metrics_):
+        for j, group in enumerate(groups):
+            ax = axes[i][j]
+            found = panels[metric].get(group, {})
+            for k, name in enumerate(n for n in names if n in found):
+                mean, se = found[name]
+                ax.errorbar(mean, k, xerr=2 * se, fmt="o", color=colours[name], capsize=3)
+            ax.set_yticks(range(len(found)), [n for n in names if n in found], fontsize=7)
+            ax.invert_yaxis()
+            ax.set(title=f"{group}: {metric}")
+            ax.title.set_fontsize(8)
+            ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def plot_severity_curves(
+    curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path, *, ylabel: str
+) -> Path:
+    """One panel per group (e.g. a regime), one line per entry: a value (e.g. accuracy under
+    corruption, mean over corruptions and seeds) against severity 0 (clean) to 5."""
+    fig, axes = plt.subplots(1, len(curves), squeeze=False, figsize=(4.5 * len(curves), 3.6))
+    for ax, (group, lines) in zip(axes[0], curves.items(), strict=True):
+        for i, (name, ys) in enumerate(lines.items()):
+            ax.plot(range(len(ys)), ys, marker="o", ms=3, color=f"C{i % 10}", label=name)
+        ax.set(title=group, xlabel="severity (0 = clean)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_reliability(diagrams: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> Path:
+    """Reliability diagrams, one panel per entry: accuracy against mean confidence per
+    confidence bin (`metrics.reliability`), bars shaded by the bin's share of samples."""
+    fig, axes = plt.subplots(1, len(diagrams), squeeze=False, figsize=(3.4 * len(diagrams), 3.4))
+    for ax, (name, d) in zip(axes[0], diagrams.items(), strict=True):
+        bins = len(d["count"])
+        edges = [b / bins for b in range(bins)]
+        total = max(sum(d["count"]), 1)
+        for left, n, acc in zip(edges, d["count"], d["accuracy"], strict=True):
+            if n:
+                ax.bar(left, acc, width=1 / bins, align="edge", color="C0",
+                       alpha=0.25 + 0.75 * min(1.0, 5 * n / total), edgecolor="k", lw=0.3)  # fmt: skip
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set(title=name, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.title.set_fontsize(8)
+    return _save(fig, path)

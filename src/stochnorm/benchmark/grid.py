@@ -132,19 +132,27 @@ class Benchmark:
                 for method in r.methods:
                     yield Cell(r, method, seed)
 
-    def lr(self, method: str, batch_size: int) -> float:
-        """`method`'s searched rate at batch REFERENCE_BATCH, times batch_size / 32."""
+    def lr(self, method: str, batch_size: int, *, search: bool = True) -> float | None:
+        """`method`'s searched rate at batch REFERENCE_BATCH, times batch_size / 32 (None if
+        it was not searched yet and `search` is False)."""
         probe = self.lr_lab.config(**parse_label(method), batch_size=REFERENCE_BATCH)
-        return self.lr_lab.lr(probe) * batch_size / REFERENCE_BATCH
+        found = self.lr_lab.lr(probe, search=search)
+        return None if found is None else found * batch_size / REFERENCE_BATCH
 
-    def config(self, cell: Cell) -> TrainConfig:
+    def config(self, cell: Cell, *, search: bool = True) -> TrainConfig | None:
+        """The configuration of `cell` (None if its rate is unknown and `search` is False)."""
         r = cell.regime
+        lr = self.lr(cell.method, r.batch_size, search=search)
+        if lr is None:
+            return None
         cfg = self.lab.config(**parse_label(r.label(cell.method)), batch_size=r.batch_size)
-        return cfg.replace(seed=cell.seed, lr=self.lr(cell.method, r.batch_size))
+        return cfg.replace(seed=cell.seed, lr=lr)
 
     def run(self, cell: Cell) -> RunDir:
         """The finished run of `cell`, trained (or resumed) if need be."""
         return self.lab.train(self.config(cell), label=cell.name, search_lr=False)
 
-    def train_all(self) -> list[RunDir]:
-        return [self.run(cell) for cell in self.cells()]
+    def finished(self, cell: Cell) -> RunDir | None:
+        """The finished run of `cell` if there is one (nothing is searched or trained)."""
+        cfg = self.config(cell, search=False)
+        return None if cfg is None else self.lab.finished(cfg)

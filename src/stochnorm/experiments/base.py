@@ -130,14 +130,15 @@ class Lab:
     def searches_lr(self) -> bool:
         return self.profile != "demo" if self.lr_search is None else self.lr_search
 
-    def lr(self, cfg: TrainConfig) -> float:
+    def lr(self, cfg: TrainConfig, *, search: bool = True) -> float | None:
         """The initial learning rate for `cfg` (its own lr ignored): the 5-epoch search of the
-        paper, cached per configuration, or the tabulated rate."""
+        paper, cached per configuration, or the tabulated rate. With `search` False a
+        missing search is not run: None."""
         if not self.searches_lr:
             return table_lr(cfg)
         probe = cfg.replace(lr=TrainConfig.from_profile(cfg.profile).lr)
         found = self._find_lr(probe)
-        if found is not None:
+        if found is not None or not search:
             return found
         with exclusive(self.runs_dir / f".lr-find-{config_key(probe)}.lock"):
             found = self._find_lr(probe)  # another process may have searched meanwhile
@@ -177,10 +178,10 @@ class Lab:
         metrics.json says which), resumed if interrupted, else trained."""
         if search_lr:
             cfg = cfg.replace(lr=self.lr(cfg))
-        run = self._find(cfg)
+        run = self.finished(cfg)
         if run is None:
             with exclusive(self.runs_dir / f".run-{config_key(cfg)}.lock"):
-                run = self._find(cfg)  # another process may have trained it meanwhile
+                run = self.finished(cfg)  # another process may have trained it meanwhile
                 if run is None:
                     run = RunDir(self.runs_dir / f"{label}-{config_key(cfg)}")
                     resume = run.exists() and run.checkpoint_path.exists()
@@ -203,7 +204,8 @@ class Lab:
             runs.append(self.train(seeded, label=f"{label}-seed{seeded.seed}", search_lr=False))
         return runs
 
-    def _find(self, cfg: TrainConfig) -> RunDir | None:
+    def finished(self, cfg: TrainConfig) -> RunDir | None:
+        """The run of `cfg` in `reuse` or `runs_dir` that completed or diverged, else None."""
         for root in (*map(Path, self.reuse), self.runs_dir):
             if not root.is_dir():
                 continue

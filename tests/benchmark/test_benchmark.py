@@ -1,0 +1,150 @@
+import json
+import math
+
+import pytest
+import torch
+
+from stochnorm import metrics
+from stochnorm.benchmark import Benchmark, Regime, Sizes, run_benchmark
+from stochnorm.benchmark.grid import REFERENCE_BATCH, REGIMES, regime
+from stochnorm.benchmark.results import comparisons, entries, paired
+from stochnorm.cli import main
+from stochnorm.errors import ConfigError
+from stochnorm.evaluation import load_run
+from stochnorm.experiments.base import table_lr
+from stochnorm.prediction import predict_probs
+
+TINY = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 20, "eval_size": 100}
+SIZES = Sizes(val=50, test=100, shift=4, unfamiliar=40)
+B32 = Regime("b32", "32 per step", 32, methods=("batch", "group", "weight-proj-bayes-f30"))
+DDP = Regime("ddp8x4", "8 replicas of 4", 32, 4, ("batch",))
+
+
+def tiny_bench(out, **kwargs):
+    return Benchmark("demo", out, seeds=2, regimes=(B32, DDP), overrides=TINY, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    bench = tiny_bench(out)
+    numbers = run_benchmark(bench, "test", samples=2, sizes=SIZES)
+    return bench, numbers
+
+
+def test_the_grid_is_trained_measured_and_written(done):
+    bench, numbers = done
+    assert numbers["missing"] == []
+    cells = numbers["cells"]
+    assert set(cells) == {"b32", "ddp8x4"} and set(cells["ddp8x4"]) == {"batch"}
+    for method in B32.methods:
+        assert len(cells["b32"][method]["runs"]) == 2
+    found = entries(numbers, "b32")
+    assert {"batch", "batch MC-BN-2", "group", "weight-proj-bayes-f30",
+            "weight-proj-bayes-f30 MC-2"} == set(found)  # fmt: skip
+    assert found["batch"][1]["seeds"] == [0, 1]
+    # the data-parallel regime has batch norm's own runs and the batch-independent ones of b32
+    ddp = entries(numbers, "ddp8x4")
+    assert ddp["group"] == found["group"] and ddp["batch"] != found["batch"]
+    text = (bench.out / "BENCHMARK.md").read_text()
+    assert "## The answer" in text and "| batch MC-BN-2 | 2 |" in text
+    for name in ("benchmark_methods.png", "benchmark_shift.png", "benchmark_reliability.png"):
+        assert (bench.out / name).stat().st_size > 0
+    assert json.loads((bench.out / "benchmark.json").read_text())["cells"] == numbers["cells"]
+
+
+def test_the_single_pass_measurement_matches_a_fresh_prediction(done):
+    bench, numbers = done
+    path = numbers["cells"]["b32"]["group"]["runs"][1]
+    cfg, data, model = load_run(path)
+    test = data.test.head(SIZES.test)
+    probs = predict_probs(model, test)
+    entry = entries(numbers, "b32")["group"][1]
+    assert entry["accuracy"][1] == pytest.approx(metrics.accuracy(probs, test.y), abs=1e-12)
+    assert entry["nll"][1] == pytest.approx(metrics.nll(probs, test.y), rel=1e-6)
+    val = data.val.head(SIZES.val)
+    t = metrics.fit_temperature(predict_probs(model, val), val.y)
+    scaled = metrics.nll(metrics.temperature_scale(probs, t), test.y)
+    assert entry["nll_ts"][1] == pytest.approx(scaled, rel=1e-6)
+
+
+def test_a_second_benchmark_trains_and_measures_nothing(done):
+    bench, numbers = done
+    saved = {p: p.stat().st_mtime_ns for p in bench.out.rglob("*") if p.name in
+             ("checkpoint.pt", "benchmark.json") and p.parent != bench.out}  # fmt: skip
+    again = run_benchmark(tiny_bench(bench.out), "test", samples=2, sizes=SIZES, train=False)
+    assert again["cells"] == numbers["cells"]
+    assert saved == {p: p.stat().st_mtime_ns for p in saved}
+
+
+def test_unfinished_cells_are_reported_missing_not_trained(tmp_path):
+    numbers = run_benchmark(tiny_bench(tmp_path), "test", samples=2, sizes=SIZES, train=False)
+    assert len(numbers["missing"]) == 2 * (len(B32.methods) + 1)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert "**Partial**" in (tmp_path / "BENCHMARK.md").read_text()
+
+
+def test_small_batches_scale_the_rate_and_replicas_name_ghost_batches(tmp_path):
+    bench = Benchmark("demo", tmp_path, seeds=1, regimes=REGIMES)
+    b4 = next(bench.cells())
+    assert b4.regime.name == "b4" and b4.method == "batch"
+    cfg = bench.config(b4)
+    assert cfg.batch_size == 4
+    assert cfg.lr == pytest.approx(table_lr(cfg) * 4 / REFERENCE_BATCH)
+    ddp = [c for c in bench.cells() if c.regime.name == "ddp8x4"]
+    assert [c.method for c in ddp] == ["batch"]
+    assert bench.config(ddp[0]).ghost_batch == 4 and bench.config(ddp[0]).batch_size == 32
+    with pytest.raises(ConfigError, match="unknown regime 'b3'"):
+        regime("b3")
+
+
+def _entry(values):
+    return {"seeds": list(range(len(values))), "accuracy": values, "nll_ts": values}
+
+
+def test_paired_verdicts_follow_the_two_standard_error_rule():
+    base = _entry([0.80, 0.81, 0.82])
+    assert paired(_entry([0.85, 0.86, 0.88]), base, "accuracy")["verdict"] == "better"
+    assert paired(_entry([0.85, 0.86, 0.88]), base, "nll_ts")["verdict"] == "worse"  # lower wins
+    mixed = paired(_entry([0.83, 0.79, 0.84]), base, "accuracy")
+    assert mixed["verdict"] == "inconclusive" and mixed["pairs"] == 3
+    d = [0.03, -0.02, 0.02]
+    assert mixed["difference"] == pytest.approx(sum(d) / 3)
+    sd = math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
+    assert mixed["se"] == pytest.approx(sd / math.sqrt(3))
+    one = paired(_entry([0.9]), _entry([0.1]), "accuracy")
+    assert one["verdict"] == "inconclusive" and one["pairs"] == 1
+
+
+def test_comparisons_take_the_best_entry_of_each_side():
+    numbers = {
+        "baselines": ["batch", "group"],
+        "regimes": [{"name": "b4", "ghost_batch": None, "batch_size": 4}],
+        "cells": {"b4": {
+            "batch": {"entries": {"batch": _entry([0.80, 0.80, 0.81]),
+                                  "batch MC-BN-10": _entry([0.82, 0.83, 0.83])}},
+            "group": {"entries": {"group": _entry([0.81, 0.81, 0.82])}},
+            "analytic-proj": {"entries": {"analytic-proj": _entry([0.84, 0.86, 0.85])}},
+        }},
+    }  # fmt: skip
+    found = comparisons(numbers, "b4")
+    assert found["accuracy"]["baseline"] == "batch MC-BN-10"
+    assert found["accuracy"]["stochnorm"] == "analytic-proj"
+    assert found["accuracy"]["verdict"] == "better"
+    assert found["nll_ts"]["baseline"] == "batch"  # lowest mean of the same numbers
+
+
+def test_cli_names_a_bad_regime_and_seed_count(capsys, tmp_path):
+    assert main(["benchmark", "--regimes", "b4,b5", "--out", str(tmp_path)]) == 2
+    assert "unknown regime 'b5'" in capsys.readouterr().err
+    assert main(["benchmark", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_mutual_information_is_measured_for_sampled_modes_only(done):
+    _, numbers = done
+    found = entries(numbers, "b32")
+    assert len(found["weight-proj-bayes-f30 MC-2"][1]["ood_auroc_mi"]) == 2
+    assert "ood_auroc_mi" not in found["weight-proj-bayes-f30"][1]
+    assert "ood_auroc_mi" not in found["batch MC-BN-2"][1]
+    assert torch.isfinite(torch.tensor(found["batch"][1]["shift_accuracy"])).all()
