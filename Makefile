@@ -108,7 +108,7 @@ results-long: | setup data
 # Every experiment of `stochnorm reproduce` at the quick profile, reusing the runs above,
 # those whose runs have three seeds again with paired seed verdicts (SEEDED), then the
 # claims-vs-measurements report.
-SEEDED := fig1-bn-generalization
+SEEDED := fig1-bn-generalization fig3-projection
 results-reproduce: | setup data
 	$(BIN)/stochnorm reproduce all --profile quick --out results/reproduce/quick \
 	  --reuse $(QUICK) --no-progress
