@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint data setup clean results-quick results-fig3 results-table1 \
-  results-reproduce results-bayes-screen results-long
+  results-reproduce results-bayes-screen results-long \
+  results-benchmark
 
 demo: setup data
 	$(BIN)/stochnorm demo --out runs/demo
@@ -118,3 +119,9 @@ results-reproduce: | setup data
 	$(BIN)/stochnorm report --reproduction results/reproduce/quick results/reproduce/width1 \
 	  results/reproduce/quick-seeds3 --out results/REPRODUCTION.md
 
+
+# The practitioner's benchmark (BENCHMARK.md): regimes x methods x 3 seeds at the bench
+# profile, rates from the committed quick searches; about ten hours on 2 CPU cores, resumes.
+results-benchmark: | setup data
+	$(BIN)/stochnorm benchmark --profile bench --out results/benchmark --reuse $(QUICK) \
+	  --no-progress

@@ -279,3 +279,22 @@ def plot_reliability(diagrams: Mapping[str, Mapping[str, Sequence[float]]], path
         ax.set(title=name, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
         ax.title.set_fontsize(8)
     return _save(fig, path)
+
+
+def plot_image_rows(rows: Mapping[str, Sequence[torch.Tensor]], path: Path, *,
+                    columns: Sequence[str]) -> Path:  # fmt: skip
+    """A grid of grey images [1, H, W] (or [H, W]) in [0, 1]: one row per key of `rows`,
+    titled by `columns` in the first row."""
+    n = max(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), n, squeeze=False, figsize=(1.2 * n + 0.8, 1.2 * len(rows)))
+    for i, (name, images) in enumerate(rows.items()):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                ax.imshow(images[j].squeeze(0), cmap="gray", vmin=0, vmax=1)
+            if i == 0 and j < len(columns):
+                ax.set_title(columns[j], fontsize=7)
+        axes[i][0].set_ylabel(name, fontsize=7)
+    return _save(fig, path)

@@ -148,3 +148,11 @@ def test_mutual_information_is_measured_for_sampled_modes_only(done):
     assert "ood_auroc_mi" not in found["weight-proj-bayes-f30"][1]
     assert "ood_auroc_mi" not in found["batch MC-BN-2"][1]
     assert torch.isfinite(torch.tensor(found["batch"][1]["shift_accuracy"])).all()
+
+
+def test_the_rule_check_compares_the_linear_rule_with_the_rate_at_batch_4(done):
+    _, numbers = done
+    checked = numbers["lr_check"]
+    assert set(checked) == {"batch", "analytic-proj"}
+    for entry in checked.values():  # the demo profile tabulates its rates: no search
+        assert entry["rule"] == pytest.approx(entry["searched"] * 4 / REFERENCE_BATCH)

@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import save_json
+from ..data import Splits
+from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupted
+from ..plots import plot_image_rows
+from ..train import prepare_data
 from .document import write_benchmark
 from .grid import BASELINES, METHODS, REGIMES, Benchmark, Cell, Regime, regime
 from .measure import DEFAULT_SIZES, Sizes, measure_run
@@ -31,7 +35,25 @@ def run_benchmark(
     numbers = collect(bench, samples=samples, sizes=sizes, train=train)
     save_json(numbers, Path(bench.out) / NUMBERS_FILE)
     write_benchmark(numbers, bench.out, command)
+    plot_corruption_examples(prepare_data(bench.lab.config()), Path(bench.out) / CORRUPTIONS_PNG)
     return numbers
+
+
+CORRUPTIONS_PNG = "benchmark_corruptions.png"
+
+
+def plot_corruption_examples(data: Splits, path: Path, image: int = 0) -> Path:
+    """Test image `image` of `data` under every corruption at severities 1-5."""
+    split = data.test.head(image + 1)
+    mean, std = data.mean[0], data.std[0]
+    rows = {}
+    for name in CORRUPTIONS:
+        shown = [(split.x[image] * std + mean).clamp(0, 1)]
+        for severity in SEVERITIES:
+            found = corrupted(data, split, name, severity, seed=0).x[image]
+            shown.append((found * std + mean).clamp(0, 1))
+        rows[name] = shown
+    return plot_image_rows(rows, path, columns=["clean", *(f"severity {s}" for s in SEVERITIES)])
 
 
 __all__ = [

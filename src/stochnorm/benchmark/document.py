@@ -228,11 +228,22 @@ def write_benchmark(numbers: Mapping[str, Any], out: Path, command: str) -> Path
         "FPR at 95% TPR with the test images as positives.",
         "",
         *[f"![{name}]({name})" for name in drawn],
+        "![corruptions](benchmark_corruptions.png)",
         "",
     ]
     path = out / "BENCHMARK.md"
     atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
     return path
+
+
+def _rule_check(numbers: Mapping[str, Any]) -> str:
+    checked = numbers.get("lr_check", {})
+    parts = [f"{m}: rule {c['rule']:.3g}, search {c['searched']:.3g} "
+             f"({c['searched'] / c['rule']:.2f}x)"
+             for m, c in checked.items() if c["rule"] and c["searched"]]  # fmt: skip
+    if not parts:
+        return "The rule's check (the search at batch 4) is not run yet."
+    return "The rule against the search itself at batch 4: " + "; ".join(parts) + "."
 
 
 def _rates(numbers: Mapping[str, Any]) -> dict[str, float]:

@@ -6,8 +6,8 @@ configuration so that an interrupted benchmark resumes where it stopped.
 Learning rates: the paper's search (5-epoch trials, `Lab.lr`) of each method at batch 32
 in the search profile (`LR_PROFILE`: the bench profile searches in the quick profile,
 which has the same data, model and batch, so its committed searches are reused), scaled
-linearly with the batch size for smaller batches (Goyal et al.'s rule; `lr_rule_check`
-measures it against a search at batch 4). A data-parallel regime keeps the global batch
+linearly with the batch size for smaller batches (Goyal et al.'s rule; `Benchmark.lr_check`
+measures it against the search itself at batch 4 for RULE_CHECKED). A data-parallel regime keeps the global batch
 of 32 and so its rate.
 """
 
@@ -79,7 +79,9 @@ REGIMES = (
            pruned="the noise-free stochnorm methods, GroupNorm with noise and population norm "
            "are left out: at batch 4 they do not beat the methods kept (see its table)"),
 )  # fmt: skip
-LR_PROFILE = {"bench": "quick"}  # profile whose rate search a profile uses (else its own)
+LR_PROFILE = {"bench": "quick"}
+RULE_CHECKED = ("batch", "analytic-proj")  # methods whose rate is also searched at batch 4
+CHECK_BATCH = 4  # profile whose rate search a profile uses (else its own)
 
 
 def regime(name: str) -> Regime:
@@ -138,6 +140,16 @@ class Benchmark:
         probe = self.lr_lab.config(**parse_label(method), batch_size=REFERENCE_BATCH)
         found = self.lr_lab.lr(probe, search=search)
         return None if found is None else found * batch_size / REFERENCE_BATCH
+
+    def lr_check(self, *, search: bool = True) -> dict[str, dict[str, float | None]]:
+        """For each of RULE_CHECKED: the rate the linear rule gives at batch CHECK_BATCH and
+        the rate the search finds there (None if not searched yet and `search` is False)."""
+        out = {}
+        for method in RULE_CHECKED:
+            probe = self.lr_lab.config(**parse_label(method), batch_size=CHECK_BATCH)
+            out[method] = {"rule": self.lr(method, CHECK_BATCH, search=search),
+                           "searched": self.lr_lab.lr(probe, search=search)}  # fmt: skip
+        return out
 
     def config(self, cell: Cell, *, search: bool = True) -> TrainConfig | None:
         """The configuration of `cell` (None if its rate is unknown and `search` is False)."""

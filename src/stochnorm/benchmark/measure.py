@@ -39,7 +39,7 @@ from ..prediction import predict_mc_batchnorm
 from ..runs import RunDir
 
 FILE = "benchmark.json"
-VERSION = 1  # bump when what is measured changes: saved measurements are then redone
+VERSION = 2  # bump when what is measured changes: saved measurements are then redone
 
 # A mode's prediction of a split: the mean probabilities [N, C] and, for sampled passes,
 # the mutual information per sample [N] (None otherwise).

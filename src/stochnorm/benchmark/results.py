@@ -98,6 +98,7 @@ def collect(
             entry.setdefault("shift", []).append(values["shift"])
             entry.setdefault("reliability_ts", []).append(values["reliability_ts"])
     return {
+        "lr_check": bench.lr_check(search=train),
         "profile": bench.profile,
         "seeds": bench.seeds,
         "samples": samples,
