@@ -140,13 +140,17 @@ def predict_running(
     counts = list(dict.fromkeys(counts))
     noisy = bool(noise_modules(model))
     draws_needed = max((k for k in counts if k > 1), default=0) if noisy else 0
-    single = None
-    if draws_needed == 0 or any(k <= 1 for k in counts):
-        single = predict_draws(model, x, 0, batch_size=batch_size)[0]
-    if not draws_needed:
-        return dict.fromkeys(counts, single)
-    draws = predict_draws(model, x, draws_needed, generator=generator, batch_size=batch_size)
-    return {k: draws[:k].mean(0) if k > 1 else single for k in counts}
+    chunks: dict[int, list[Tensor]] = {k: [] for k in counts}
+    for xb in x.split(batch_size):  # averaged batch by batch: the same sums as a batch alone
+        single = None
+        if draws_needed == 0 or any(k <= 1 for k in counts):
+            single = predict_draws(model, xb, 0, batch_size=batch_size)[0]
+        if draws_needed:
+            draws = predict_draws(model, xb, draws_needed, generator=generator,
+                                  batch_size=batch_size)  # fmt: skip
+        for k in counts:
+            chunks[k].append(draws[:k].mean(0) if k > 1 and draws_needed else single)
+    return {k: torch.cat(parts) for k, parts in chunks.items()}
 
 
 @torch.no_grad()

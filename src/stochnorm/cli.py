@@ -251,7 +251,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
-    chosen = REGIMES if not args.regimes else [regime(n) for n in args.regimes.split(",")]
+    names = dict.fromkeys(args.regimes.split(",")) if args.regimes else None
+    chosen = REGIMES if names is None else [regime(n) for n in names]  # each once
     overrides = {CONFIG_FLAGS[f][0]: getattr(args, CONFIG_FLAGS[f][0]) for f in REPRODUCE_FLAGS}
     bench = Benchmark(
         args.profile, Path(args.out), seeds=args.seeds, regimes=chosen,

@@ -3,6 +3,8 @@ and integer `labels` [N] and returns a Python float (or arrays, for curves)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -153,7 +155,7 @@ def fpr_at_tpr(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> floa
     if not 0 < tpr <= 1:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     a = in_scores.double().flatten().sort().values
-    k = max(int(torch.tensor(tpr * len(a)).ceil().item()), 1)
+    k = max(math.ceil(tpr * len(a) - 1e-9), 1)
     threshold = a[k - 1]
     return (out_scores.double() <= threshold).double().mean().item()
 

@@ -230,7 +230,7 @@ def plot_seed_means(
     colour across panels."""
     metrics_, groups = list(panels), list(dict.fromkeys(g for m in panels.values() for g in m))
     names = list(dict.fromkeys(e for m in panels.values() for g in m.values() for e in g))
-    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
     fig, axes = plt.subplots(len(metrics_), len(groups), squeeze=False,
                              figsize=(3.2 * len(groups) + 1.5, 0.25 * len(names) + 2.2 * len(metrics_)))  # fmt: skip
     for i, metric in enumerate(metrics_):
@@ -256,7 +256,8 @@ def plot_severity_curves(
     fig, axes = plt.subplots(1, len(curves), squeeze=False, figsize=(4.5 * len(curves), 3.6))
     for ax, (group, lines) in zip(axes[0], curves.items(), strict=True):
         for i, (name, ys) in enumerate(lines.items()):
-            ax.plot(range(len(ys)), ys, marker="o", ms=3, color=f"C{i % 10}", label=name)
+            ax.plot(range(len(ys)), ys, marker="o", ms=3, color=plt.cm.tab20(i % 20),
+                    ls="-" if i < 20 else "--", label=name)  # fmt: skip
         ax.set(title=group, xlabel="severity (0 = clean)", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -293,7 +294,7 @@ def plot_image_rows(rows: Mapping[str, Sequence[torch.Tensor]], path: Path, *,
             ax.set_xticks([])
             ax.set_yticks([])
             if j < len(images):
-                ax.imshow(images[j].squeeze(0), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(images[j].squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1)
             if i == 0 and j < len(columns):
                 ax.set_title(columns[j], fontsize=7)
         axes[i][0].set_ylabel(name, fontsize=7)

@@ -2,12 +2,18 @@ import json
 import math
 
 import pytest
-import torch
 
 from stochnorm import metrics
 from stochnorm.benchmark import Benchmark, Regime, Sizes, run_benchmark
 from stochnorm.benchmark.grid import REFERENCE_BATCH, REGIMES, regime
-from stochnorm.benchmark.results import comparisons, entries, paired
+from stochnorm.benchmark.results import (
+    comparisons,
+    entries,
+    paired,
+    regime_cells,
+    seed_mean,
+    values,
+)
 from stochnorm.cli import main
 from stochnorm.errors import ConfigError
 from stochnorm.evaluation import load_run
@@ -116,22 +122,53 @@ def test_paired_verdicts_follow_the_two_standard_error_rule():
     assert one["verdict"] == "inconclusive" and one["pairs"] == 1
 
 
-def test_comparisons_take_the_best_entry_of_each_side():
-    numbers = {
-        "baselines": ["batch", "group"],
-        "regimes": [{"name": "b4", "ghost_batch": None, "batch_size": 4}],
-        "cells": {"b4": {
-            "batch": {"entries": {"batch": _entry([0.80, 0.80, 0.81]),
-                                  "batch MC-BN-10": _entry([0.82, 0.83, 0.83])}},
-            "group": {"entries": {"group": _entry([0.81, 0.81, 0.82])}},
-            "analytic-proj": {"entries": {"analytic-proj": _entry([0.84, 0.86, 0.85])}},
-        }},
+def _numbers(cells, regimes=None):
+    return {
+        "baselines": ["batch", "group"], "samples": 10,
+        "regimes": regimes or [{"name": "b4", "ghost_batch": None, "batch_size": 4}],
+        "cells": cells,
     }  # fmt: skip
-    found = comparisons(numbers, "b4")
-    assert found["accuracy"]["baseline"] == "batch MC-BN-10"
-    assert found["accuracy"]["stochnorm"] == "analytic-proj"
-    assert found["accuracy"]["verdict"] == "better"
-    assert found["nll_ts"]["baseline"] == "batch"  # lowest mean of the same numbers
+
+
+def test_comparisons_name_one_entry_in_advance_and_report_the_best_as_exploratory():
+    numbers = _numbers({"b4": {
+        "batch": {"entries": {"batch": _entry([0.80, 0.80, 0.81]),
+                              "batch MC-BN-10": _entry([0.82, 0.83, 0.83])}},
+        "group": {"entries": {"group": _entry([0.81, 0.81, 0.82])}},
+        "weight-proj": {"entries": {"weight-proj": _entry([0.84, 0.86, 0.85])}},
+        "analytic-proj-bayes-f30": {"entries": {
+            "analytic-proj-bayes-f30": _entry([0.80, 0.80, 0.80]),
+            "analytic-proj-bayes-f30 MC-10": _entry([0.83, 0.82, 0.84])}},
+    }})  # fmt: skip
+    named, best = comparisons(numbers, "b4")["accuracy"]
+    assert named["kind"] == "named in advance" and best["kind"] == "best of 3"
+    assert named["stochnorm"] == "analytic-proj-bayes-f30 MC-10"
+    assert named["baseline"] == best["baseline"] == "batch MC-BN-10"
+    assert named["verdict"] == "inconclusive"  # +0.003 +- 0.007
+    assert best["stochnorm"] == "weight-proj" and best["verdict"] == "better"
+    lowest = comparisons(numbers, "b4")["nll_ts"]
+    assert lowest[0]["baseline"] == "batch"  # the lowest mean of the same numbers
+
+
+def test_missing_and_non_finite_values_are_left_out_not_zero():
+    entry = {"seeds": [0, 1, 2], "accuracy": [0.8, None, float("nan")]}
+    assert seed_mean(entry, "accuracy") == pytest.approx(0.8)
+    other = {"seeds": [0, 1, 2], "accuracy": [0.7, 0.9, 0.9]}
+    result = paired(entry, other, "accuracy")
+    assert result["pairs"] == 1 and result["difference"] == pytest.approx(0.1)
+
+
+def test_data_parallel_regimes_share_only_batch_independent_cells():
+    regimes = [{"name": "b32", "ghost_batch": None, "batch_size": 32},
+               {"name": "ddp8x4", "ghost_batch": 4, "batch_size": 32}]  # fmt: skip
+    cell = {"entries": {"x": _entry([0.8])}}
+    numbers = _numbers({
+        "b32": {m: cell for m in ("batch", "group", "population-proj", "analytic-proj")},
+        "ddp8x4": {"batch": {"entries": {"batch": _entry([0.7])}}},
+    }, regimes)  # fmt: skip
+    assert set(regime_cells(numbers, "ddp8x4")) == {"batch", "group", "analytic-proj"}
+    assert regime_cells(numbers, "ddp8x4")["batch"]["entries"]["batch"]["accuracy"] == [0.7]
+    assert regime_cells(numbers, "nowhere") == {}
 
 
 def test_cli_names_a_bad_regime_and_seed_count(capsys, tmp_path):
@@ -145,9 +182,10 @@ def test_mutual_information_is_measured_for_sampled_modes_only(done):
     _, numbers = done
     found = entries(numbers, "b32")
     assert len(found["weight-proj-bayes-f30 MC-2"][1]["ood_auroc_mi"]) == 2
-    assert "ood_auroc_mi" not in found["weight-proj-bayes-f30"][1]
-    assert "ood_auroc_mi" not in found["batch MC-BN-2"][1]
-    assert torch.isfinite(torch.tensor(found["batch"][1]["shift_accuracy"])).all()
+    assert values(found["weight-proj-bayes-f30"][1], "ood_auroc_mi") == {}
+    assert values(found["batch MC-BN-2"][1], "ood_auroc_mi") == {}
+    clean = found["batch"][1]["shift_clean"]
+    assert len(clean) == 2 and all(0 <= run["accuracy"] <= 1 for run in clean)
 
 
 def test_the_rule_check_compares_the_linear_rule_with_the_rate_at_batch_4(done):

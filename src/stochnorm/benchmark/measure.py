@@ -39,7 +39,7 @@ from ..prediction import predict_mc_batchnorm
 from ..runs import RunDir
 
 FILE = "benchmark.json"
-VERSION = 2  # bump when what is measured changes: saved measurements are then redone
+VERSION = 3  # bump when what is measured changes: saved measurements are then redone
 
 # A mode's prediction of a split: the mean probabilities [N, C] and, for sampled passes,
 # the mutual information per sample [N] (None otherwise).
@@ -124,6 +124,9 @@ def measure_mode(
     }
     step("test")
     subset = data.test.head(sizes.shift)
+    clean, _ = predict(subset)
+    result["shift_clean"] = {"accuracy": metrics.accuracy(clean, subset.y),
+                             "nll": metrics.nll(clean, subset.y)}  # fmt: skip
     shift: dict[str, list[dict[str, float]]] = {}
     for name in CORRUPTIONS:
         rows = []

@@ -26,7 +26,6 @@ from .cases import (
     seeded_summary,
 )
 from .verdicts import (
-    FAILS,
     SEED_RULE,
     TOLERANCE_RULE,
     Verdict,
