@@ -428,17 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
         "comparisons of 2 or more are decided on paired seed differences against 2 standard "
         "errors, of 1 against the iterate spread of one run (default 1)",
     )  # fmt: skip
-    p.add_argument(
-        "--reuse", action="append", default=[], metavar="DIR",
-        help="also look for finished runs and lr searches of the same configuration here",
-    )  # fmt: skip
+    _reuse_flag(p)
     p.add_argument(
         "--lr-search", action=argparse.BooleanOptionalAction, default=None,
         help="search the learning rate per run (default: yes except in the demo profile)",
     )  # fmt: skip
-    for flag in REPRODUCE_FLAGS:
-        field, kind, text = CONFIG_FLAGS[flag]
-        p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
+    _run_size_flags(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
     p.add_argument(
         "--jobs", type=_number(int), default=1,
@@ -463,17 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated regimes (default all: {', '.join(r.name for r in REGIMES)})",
     )
     p.add_argument("--samples", type=_number(int), default=10, help="MC passes K (default 10)")
-    p.add_argument(
-        "--reuse", action="append", default=[], metavar="DIR",
-        help="also look for finished runs and lr searches of the same configuration here",
-    )  # fmt: skip
+    _reuse_flag(p)
     p.add_argument(
         "--available", action="store_true",
         help="train nothing: measure and report the cells already finished",
     )  # fmt: skip
-    for flag in REPRODUCE_FLAGS:
-        field, kind, text = CONFIG_FLAGS[flag]
-        p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
+    _run_size_flags(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_benchmark)
@@ -508,6 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download it if not found")
     p.set_defaults(func=_cmd_data)
     return parser
+
+
+def _reuse_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reuse", action="append", default=[], metavar="DIR",
+        help="also look for finished runs and lr searches of the same configuration here",
+    )  # fmt: skip
+
+
+def _run_size_flags(p: argparse.ArgumentParser) -> None:
+    """The config flags that change every run of an experiment or benchmark (REPRODUCE_FLAGS)."""
+    for flag in REPRODUCE_FLAGS:
+        _, kind, text = CONFIG_FLAGS[flag]
+        p.add_argument(flag, type=_number(kind) if kind is not str else str, help=text)
 
 
 def main(argv: list[str] | None = None) -> int:
