@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from stochnorm import TrainConfig, fold, models
+from stochnorm import TrainConfig, convert, fold, models
 from stochnorm.analytic import MomentPropagation, patch_moments, propagation_of
 from stochnorm.cli import main
 from stochnorm.diagnostics import analytic_statistics
@@ -211,3 +211,68 @@ def test_a_new_checkpoint_clears_the_legacy_flag(tiny_fashion):
     fresh.load_state_dict(state)
     assert not propagation_of(fresh).needs_input_moments
     fresh.train()(tiny_fashion.train.x[:2])  # propagates again
+
+
+class _OneChannelPaths(torch.nn.Module):
+    """Single-channel paths where the papers' assumptions hold exactly (a 1x1 conv of one
+    Gaussian channel stays Gaussian): conv -> SiLU -> nearest upsampling -> conv -> BN, and
+    a second branch conv -> sigmoid, concatenated and read by a grouped 1x1 conv -> BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 1, 1)
+        self.act = torch.nn.SiLU()
+        self.up = torch.nn.Upsample(scale_factor=2, mode="nearest")
+        self.b = torch.nn.Conv2d(1, 1, 1)
+        self.c = torch.nn.Conv2d(1, 1, 1)
+        self.mix = torch.nn.Conv2d(2, 2, 1, groups=2)
+        self.bn = torch.nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        left = self.b(self.up(self.act(self.a(x))))
+        right = torch.nn.functional.interpolate(torch.sigmoid(self.c(x)), scale_factor=2)
+        return self.bn(self.mix(torch.cat([left, right], dim=1)))
+
+
+def test_new_moment_rules_give_exact_statistics_where_the_assumptions_hold():
+    torch.manual_seed(0)
+    model = convert(_OneChannelPaths().double(), "analytic", input_mean=0.3, input_var=2.0)
+    from_model = propagation_of(model).propagate(model, 1, (8, 8))
+    layer = model.bn
+    x = 0.3 + 2.0**0.5 * torch.randn(20_000, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        u = model.mix(torch.cat([model.b(model.up(model.act(model.a(x)))),
+                                 torch.nn.functional.interpolate(torch.sigmoid(model.c(x)),
+                                                                 scale_factor=2)], 1))  # fmt: skip
+    assert from_model[next(n for n in from_model if "bn" in n)][2] == (16, 16)
+    torch.testing.assert_close(layer.mu, u.mean((0, 2, 3)), atol=0.01, rtol=0)
+    torch.testing.assert_close(layer.sigma, u.std((0, 2, 3)), atol=0.01, rtol=0.01)
+
+
+def test_gates_transposed_convs_and_activations_train_with_analytic_norm():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.bn1 = torch.nn.BatchNorm2d(8)
+            self.act = torch.nn.Hardswish()
+            self.gate = torch.nn.Conv2d(8, 8, 1)
+            self.up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2)
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.bn2 = torch.nn.BatchNorm2d(4)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.act(self.bn1(self.stem(x)))
+            h = h * torch.sigmoid(self.gate(h.mean((2, 3), keepdim=True)))  # squeeze-excite
+            h = torch.nn.functional.gelu(self.bn2(self.conv(self.up(h))))
+            return self.head(h.mean((2, 3)))
+
+    torch.manual_seed(1)
+    model = convert(Net(), "analytic")
+    x = torch.randn(2, 1, 6, 6)
+    loss = model.train()(x).logsumexp(1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    for norm in (model.bn1, model.bn2):
+        assert torch.isfinite(norm.mu).all() and (norm.sigma > 0).all()

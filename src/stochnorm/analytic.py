@@ -23,6 +23,27 @@ from .norms import AnalyticNorm, _Normalization
 
 State = tuple[Tensor, Tensor, tuple[int, ...]]  # mean [C], var [C], spatial size
 
+# Elementwise activations whose moments come from Gauss-Hermite quadrature of the module or
+# function itself (`moments.elementwise`); ReLU and leaky ReLU have closed forms.
+ELEMENTWISE_MODULES = (
+    nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.ELU, nn.SELU,
+    nn.CELU, nn.Softplus, nn.Mish, nn.ReLU6, nn.Hardtanh,
+)  # fmt: skip
+ELEMENTWISE_FUNCTIONS = (
+    F.silu, F.gelu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.hardswish,
+    F.hardsigmoid, F.elu, F.selu, F.celu, F.softplus, F.mish, F.relu6, F.hardtanh,
+)  # fmt: skip
+ELEMENTWISE_METHODS = ("sigmoid", "tanh")
+MULTIPLY = (operator.mul, operator.imul, torch.mul)
+CONCATENATE = (torch.cat, torch.concat)
+SUPPORTED = (
+    "conv (also transposed), linear, ReLU, leaky ReLU, elementwise activations (SiLU, GELU, "
+    "sigmoid, tanh, hardswish, ELU, softplus, Mish, ...), average/max pooling (also a "
+    "spatial mean), upsampling, "
+    "residual addition, products of branches (gating), channel concatenation, flatten and "
+    "normalizations"
+)
+
 
 class _Tracer(fx.Tracer):
     """Traces a model with every normalization as one node: stochnorm's, torch's batch
@@ -199,6 +220,20 @@ class MomentPropagation(nn.Module):
             if target is F.leaky_relu and first is not None:
                 slope = node.kwargs.get("negative_slope", inputs[1] if len(inputs) > 1 else 0.01)
                 return (*moments.leaky_relu(first[0], first[1], slope), first[2])
+            if target in ELEMENTWISE_FUNCTIONS and first is not None:
+                rest = [a for a in node.args[1:] if not isinstance(a, fx.Node)]
+                return (
+                    *moments.elementwise(
+                        first[0], first[1], lambda x: target(x, *rest, **node.kwargs)
+                    ),
+                    first[2],
+                )
+            if target in MULTIPLY:
+                return _product(inputs)
+            if target in CONCATENATE:
+                return _concatenate(node, env)
+            if target is F.interpolate and first is not None:
+                return first[0], first[1], _resized(first[2], node.kwargs, node.args[1:])
             return None
         if node.op == "call_method" and first is not None:
             if node.target in ("flatten", "view", "reshape"):
@@ -207,7 +242,29 @@ class MomentPropagation(nn.Module):
                 return first
             if node.target == "relu":
                 return (*moments.relu(first[0], first[1]), first[2])
+            if node.target in ELEMENTWISE_METHODS:
+                method = getattr(torch, node.target)
+                return (*moments.elementwise(first[0], first[1], method), first[2])
+            if node.target == "mul":
+                return _product(inputs)
+            if node.target == "mean":
+                return self._spatial_mean(node, first)
         return None
+
+    def _spatial_mean(self, node: fx.Node, state: State) -> State | None:
+        """`x.mean(dims, keepdim)` over all spatial dims (global average pooling, as in
+        squeeze-excite): the pooling rule over the whole map."""
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        mean, var, size = state
+        rank = len(size) + 2
+        spatial = set(range(2, rank))
+        found = {d % rank for d in (dims if isinstance(dims, list | tuple) else [dims])}
+        if dims is None or found != spatial:
+            return None
+        window = max(1, int(torch.tensor(size).prod()))
+        pooled = moments.average_pool(mean, var, window, self.pool_correlation)
+        return (*pooled, (1,) * len(size) if keepdim else ())
 
     def _first_layer_rule(self, module: nn.Module, state: State) -> State:
         patch_mean, patch_cov = (t.to(module.weight) for t in self.input_patches)
@@ -224,8 +281,7 @@ class MomentPropagation(nn.Module):
             if isinstance(module, AnalyticNorm):
                 raise RuntimeError(
                     f"analytic normalization at {node.target}: no moment rule for an operation "
-                    "in front of it; supported are conv, linear, (leaky) ReLU, average/max "
-                    "pooling, residual addition, flatten and normalizations"
+                    f"in front of it; supported are {SUPPORTED}"
                 )
             return None
         mean, var, size = state
@@ -234,8 +290,15 @@ class MomentPropagation(nn.Module):
                 size, module.kernel_size, module.stride, module.padding, module.dilation
             )
             return (*moments.linear(mean, var, module.weight, module.bias), out)
+        if isinstance(module, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+            return _transposed_conv(module, mean, var, size)
         if isinstance(module, nn.Linear):
             return (*moments.linear(mean, var, module.weight, module.bias), ())
+        if isinstance(module, ELEMENTWISE_MODULES):
+            return (*moments.elementwise(mean, var, module), size)
+        if isinstance(module, nn.Upsample):
+            kwargs = {"size": module.size, "scale_factor": module.scale_factor}
+            return mean, var, _resized(size, kwargs, ())
         if isinstance(module, AnalyticNorm):
             module.set_statistics(mean, var)
         if isinstance(module, _Normalization | nn.modules.batchnorm._BatchNorm):
@@ -273,6 +336,71 @@ class MomentPropagation(nn.Module):
         if isinstance(module, nn.Identity | nn.Dropout | nn.Dropout2d):
             return state
         return None
+
+
+def _product(inputs: Sequence[Any]) -> State | None:
+    """A product of two branches (independent, `moments.multiply`) or of a branch and a
+    number (a scale)."""
+    states = [s for s in inputs if isinstance(s, tuple)]
+    numbers = [s for s in inputs if isinstance(s, int | float)]
+    if len(states) == 2:
+        (m1, v1, size1), (m2, v2, size2) = states
+        size = size1 if len(size1) >= len(size2) else size2  # a gate [C, 1, 1] broadcasts
+        if m1.numel() != m2.numel():
+            return None
+        return (*moments.multiply((m1, v1), (m2, v2)), size)
+    if len(states) == 1 and len(numbers) == 1:
+        m, v, size = states[0]
+        return m * numbers[0], v * numbers[0] ** 2, size
+    return None
+
+
+def _concatenate(node: fx.Node, env: dict) -> State | None:
+    """Branches concatenated along the channels (dim 1): their channel moments side by
+    side (the spatial sizes must agree)."""
+    parts = node.args[0] if node.args else node.kwargs.get("tensors", ())
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    states = [env.get(p) if isinstance(p, fx.Node) else None for p in parts]
+    if dim != 1 or any(s is None for s in states) or len({s[2] for s in states}) != 1:
+        return None
+    return torch.cat([s[0] for s in states]), torch.cat([s[1] for s in states]), states[0][2]
+
+
+def _resized(size: tuple[int, ...], kwargs: dict, args: Sequence[Any]) -> tuple[int, ...]:
+    """The spatial size after upsampling by `size` or `scale_factor` (torch's rule: floor of
+    size * factor). The moments stay: nearest-neighbour copies values, and linear
+    interpolation of fully correlated neighbours (the pooling assumption) keeps them."""
+    target = kwargs.get("size", args[0] if args else None)
+    factor = kwargs.get("scale_factor", args[1] if len(args) > 1 else None)
+    if target is not None:
+        return _pair(target, len(size))
+    return tuple(int(s * f) for s, f in zip(size, _pair(factor, len(size)), strict=True))
+
+
+def _transposed_conv(module: nn.Module, mean: Tensor, var: Tensor, size) -> State:
+    """A transposed conv's output moments averaged over its output positions: each output
+    receives on average prod(kernel) / prod(stride) taps of every input channel, so the
+    rule is `moments.linear` with the transposed weight's sums scaled by that share."""
+    weight = module.weight.transpose(0, 1)  # [C_in, C_out/groups, k...] -> conv layout
+    if module.groups != 1:
+        raise RuntimeError("analytic normalization: grouped transposed convs have no rule yet")
+    share = 1.0
+    for s in _pair(module.stride, weight.ndim - 2):
+        share /= s
+    mean_out, var_out = moments.linear(mean, var, weight)
+    mean_out = share * mean_out
+    var_out = share * var_out
+    if module.bias is not None:
+        mean_out = mean_out + module.bias
+    out = tuple(
+        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for n, s, p, d, k, op in zip(
+            size, _pair(module.stride, len(size)), _pair(module.padding, len(size)),
+            _pair(module.dilation, len(size)), _pair(module.kernel_size, len(size)),
+            _pair(module.output_padding, len(size)), strict=True,
+        )
+    )  # fmt: skip
+    return mean_out, var_out, out
 
 
 def patch_moments(x: Tensor, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -132,3 +133,44 @@ def average_pool(
     if correlation == "none":
         return mean, var / window
     raise ValueError(f"correlation must be 'full' or 'none', got {correlation!r}")
+
+
+_HERMITE_CACHE: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+
+def _hermite(nodes: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Gauss-Hermite nodes z_i and weights w_i / sqrt(pi) for E[g(Z)], Z ~ N(0, 1) =
+    sum_i w_i g(sqrt(2) z_i) / sqrt(pi), in `like`'s dtype and device (cached)."""
+    key = (nodes, like.dtype, like.device)
+    if key not in _HERMITE_CACHE:
+        z, w = (torch.from_numpy(t) for t in np.polynomial.hermite.hermgauss(nodes))
+        _HERMITE_CACHE[key] = ((_SQRT2 * z).to(like), (w / math.sqrt(math.pi)).to(like))
+    return _HERMITE_CACHE[key]
+
+
+def elementwise(mean: Tensor, var: Tensor, function, nodes: int = 48) -> tuple[Tensor, Tensor]:
+    """Moments of `function(x)` applied elementwise, x ~ N(mean, var), for any activation
+    without a closed form (SiLU, GELU, sigmoid, tanh, hardswish, ELU, softplus, ...) by
+    Gauss-Hermite quadrature with `nodes` points:
+
+        E[f(x)] ~ sum_i w_i f(m + sd z_i),   Var[f(x)] = sum_i w_i (f(m + sd z_i) - E[f(x)])^2
+
+    (the variance about the mean, which keeps it >= 0 and free of cancellation).
+    Exact for polynomials of degree < 2 * nodes; measured against adaptive quadrature
+    (tests): for smooth activations below 1e-3 of the input's sd (far smaller while the sd
+    is below the activation's scale of curvature, ~1), for kinked ones (hardswish, ReLU6) a
+    few 1e-3 of it; both far below the error of the Gaussian assumption itself. Differentiable in mean and var (at
+    var = 0 the sd is clamped to the dtype's smallest normal, so gradients stay finite)."""
+    z, w = _hermite(nodes, mean)
+    sd = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+    values = function(mean[..., None] + sd[..., None] * z)
+    mean_out = (values * w).sum(-1)
+    var_out = ((values - mean_out[..., None]).pow(2) * w).sum(-1)
+    return mean_out, var_out
+
+
+def multiply(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Moments of the product of independent x and y (e.g. squeeze-excite gating, x *
+    sigmoid(g)): E[xy] = m_x m_y, Var[xy] = v_x v_y + v_x m_y^2 + v_y m_x^2."""
+    (mx, vx), (my, vy) = a, b
+    return mx * my, vx * vy + vx * my * my + vy * mx * mx
