@@ -203,8 +203,10 @@ KINKED = {"hardswish": torch.nn.functional.hardswish, "relu6": torch.nn.function
 def _quadrature_moments(f, m, sd):
     """E[f(x)], Var[f(x)] for x ~ N(m, sd^2) by adaptive quadrature (scipy), independent of
     the Gauss-Hermite rule."""
+
     def g(x, k):
         return float(f(torch.tensor(x, dtype=torch.float64))) ** k * normal.pdf(x, m, sd)
+
     lo, hi = m - 12 * sd, m + 12 * sd
     kinks = [k for k in (-3, 0, 3, 6) if lo < k < hi]
     e1 = integrate.quad(g, lo, hi, args=(1,), limit=200, points=kinks or None)[0]
