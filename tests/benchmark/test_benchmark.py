@@ -54,6 +54,7 @@ def test_the_grid_is_trained_measured_and_written(done):
     assert ddp["group"] == found["group"] and ddp["batch"] != found["batch"]
     text = (bench.out / "BENCHMARK.md").read_text()
     assert "## The answer" in text and "| batch MC-BN-2 | 2 |" in text
+    assert "The rule against the search itself at batch 4: batch: rule" in text
     for name in ("benchmark_methods.png", "benchmark_shift.png", "benchmark_reliability.png"):
         assert (bench.out / name).stat().st_size > 0
     assert json.loads((bench.out / "benchmark.json").read_text())["cells"] == numbers["cells"]

@@ -235,7 +235,8 @@ def write_benchmark(numbers: Mapping[str, Any], out: Path, command: str) -> Path
         "linearly with the batch size; the data-parallel regimes keep the global batch and "
         "its rate. Per method (at batch 32): "
         + ", ".join(f"{m} {v:.4g}" for m, v in _rates(numbers).items())
-        + ".",
+        + ". "
+        + _rule_check(numbers),
         f"- Learned noise (`{NOISE[1:]}`): sigma_S starting at 0.1 per channel, its parameters "
         "stepping at 30 times the learning rate (chosen on validation in the quick screen, "
         "results/quick/bayes-screen).",
