@@ -237,6 +237,10 @@ def write_benchmark(numbers: Mapping[str, Any], out: Path, command: str) -> Path
         + ", ".join(f"{m} {v:.4g}" for m, v in _rates(numbers).items())
         + ". "
         + _rule_check(numbers),
+        "- Data-parallel regimes: batch norm's statistics over each replica's share of the "
+        "global batch, emulated with ghost batches in one process (a 2-process torchrun run "
+        "equals ghost batches of 16, tests/test_train.py); population norm is not measured "
+        "there.",
         f"- Learned noise (`{NOISE[1:]}`): sigma_S starting at 0.1 per channel, its parameters "
         "stepping at 30 times the learning rate (chosen on validation in the quick screen, "
         "results/quick/bayes-screen).",
