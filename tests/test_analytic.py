@@ -276,3 +276,20 @@ def test_gates_transposed_convs_and_activations_train_with_analytic_norm():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     for norm in (model.bn1, model.bn2):
         assert torch.isfinite(norm.mu).all() and (norm.sigma > 0).all()
+
+
+def test_a_mean_over_everything_has_no_rule_and_says_so():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 1)
+            self.bn = torch.nn.BatchNorm2d(2)
+            self.head = torch.nn.Linear(1, 2)
+            self.bn_head = torch.nn.BatchNorm1d(2)
+
+        def forward(self, x):
+            return self.bn_head(self.head(self.bn(self.conv(x)).mean()[None, None]))
+
+    model = convert(Net(), "analytic")
+    with pytest.raises(RuntimeError, match="analytic normalization at bn_head: no moment rule"):
+        model.train()(torch.randn(2, 1, 4, 4))

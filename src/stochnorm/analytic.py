@@ -10,6 +10,7 @@ independent of the batch.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -257,12 +258,13 @@ class MomentPropagation(nn.Module):
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
         keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         mean, var, size = state
-        rank = len(size) + 2
-        spatial = set(range(2, rank))
-        found = {d % rank for d in (dims if isinstance(dims, list | tuple) else [dims])}
-        if dims is None or found != spatial:
+        if dims is None:  # the mean of everything, channels included: no channel moments
             return None
-        window = max(1, int(torch.tensor(size).prod()))
+        rank = len(size) + 2
+        found = {d % rank for d in (dims if isinstance(dims, list | tuple) else [dims])}
+        if found != set(range(2, rank)):
+            return None
+        window = max(1, math.prod(size))
         pooled = moments.average_pool(mean, var, window, self.pool_correlation)
         return (*pooled, (1,) * len(size) if keepdim else ())
 
