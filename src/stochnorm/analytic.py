@@ -386,12 +386,9 @@ def _transposed_conv(module: nn.Module, mean: Tensor, var: Tensor, size) -> Stat
     weight = module.weight.transpose(0, 1)  # [C_in, C_out/groups, k...] -> conv layout
     if module.groups != 1:
         raise RuntimeError("analytic normalization: grouped transposed convs have no rule yet")
-    share = 1.0
-    for s in _pair(module.stride, weight.ndim - 2):
-        share /= s
+    share = 1.0 / math.prod(_pair(module.stride, weight.ndim - 2))
     mean_out, var_out = moments.linear(mean, var, weight)
-    mean_out = share * mean_out
-    var_out = share * var_out
+    mean_out, var_out = share * mean_out, share * var_out
     if module.bias is not None:
         mean_out = mean_out + module.bias
     out = tuple(

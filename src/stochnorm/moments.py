@@ -159,8 +159,9 @@ def elementwise(mean: Tensor, var: Tensor, function, nodes: int = 48) -> tuple[T
     Exact for polynomials of degree < 2 * nodes; measured against adaptive quadrature
     (tests): for smooth activations below 1e-3 of the input's sd (far smaller while the sd
     is below the activation's scale of curvature, ~1), for kinked ones (hardswish, ReLU6) a
-    few 1e-3 of it; both far below the error of the Gaussian assumption itself. Differentiable in mean and var (at
-    var = 0 the sd is clamped to the dtype's smallest normal, so gradients stay finite)."""
+    few 1e-3 of it; both far below the error of the Gaussian assumption itself.
+    Differentiable in mean and var (at var = 0 the sd is clamped to the dtype's smallest
+    normal, so gradients stay finite)."""
     z, w = _hermite(nodes, mean)
     sd = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
     values = function(mean[..., None] + sd[..., None] * z)

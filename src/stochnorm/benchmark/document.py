@@ -14,7 +14,16 @@ from ..data.corruptions import CORRUPTIONS, SEVERITIES
 from ..plots import plot_reliability, plot_seed_means, plot_severity_curves
 from ..stats import mean_and_error
 from .grid import LR_PROFILE, NOISE, PRIMARY, REFERENCE_BATCH
-from .results import METRICS, SEED_RULE, comparisons, entries, paired, seed_mean, values
+from .results import (
+    METRICS,
+    SEED_RULE,
+    by_side,
+    comparisons,
+    entries,
+    paired,
+    seed_mean,
+    values,
+)
 
 PERCENT = {"accuracy", "aurc", "shift_accuracy"}  # shown in percent
 TABLE = ("accuracy", "nll", "nll_ts", "temperature", "ece_ts", "brier", "aurc",
@@ -22,12 +31,17 @@ TABLE = ("accuracy", "nll", "nll_ts", "temperature", "ece_ts", "brier", "aurc",
          "ood_fpr95_entropy")  # fmt: skip
 
 
+def _display(metric: str) -> tuple[float, int]:
+    """The factor and the decimals a metric is shown with (percent: 100 and 2)."""
+    return (100.0, 2) if metric in PERCENT else (1.0, 3)
+
+
 def _value(entry: Mapping[str, Any], metric: str) -> tuple[float, float, int] | None:
     """Seed mean, its standard error and the number of seeds (None without a value)."""
     found = list(values(entry, metric).values())
     if not found:
         return None
-    scale = 100.0 if metric in PERCENT else 1.0
+    scale, _ = _display(metric)
     mean, se = mean_and_error(found)
     return scale * mean, scale * se, len(found)
 
@@ -36,7 +50,7 @@ def _cell(entry: Mapping[str, Any], metric: str) -> str:
     found = _value(entry, metric)
     if found is None:
         return "-"
-    digits = 2 if metric in PERCENT else 3
+    _, digits = _display(metric)
     mean, se, n = found
     return f"{mean:.{digits}f} ± {se:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
@@ -44,8 +58,7 @@ def _cell(entry: Mapping[str, Any], metric: str) -> str:
 def _difference(result: Mapping[str, Any], metric: str) -> str:
     if not result["pairs"]:
         return "-"
-    scale = 100.0 if metric in PERCENT else 1.0
-    digits = 2 if metric in PERCENT else 3
+    scale, digits = _display(metric)
     d, se = scale * result["difference"], scale * result["se"]
     return f"{d:+.{digits}f} ± {se:.{digits}f} ({result['verdict']}, {result['pairs']} seeds)"
 
@@ -104,7 +117,7 @@ def goal_lines(numbers: Mapping[str, Any], regime: str = "b4") -> list[str]:
             and NOISE in v[0]}  # fmt: skip
     if not ours:
         return ["Not measured yet."]
-    base = {n: v for n, v in found.items() if v[0] in numbers["baselines"]}
+    base, _ = by_side(numbers, found)
     scaled = [(seed_mean(e, "nll_ts"), n) for n, (_, e) in base.items()]
     scaled = [(v, n) for v, n in scaled if math.isfinite(v)]
     if not scaled:

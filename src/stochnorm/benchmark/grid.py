@@ -145,18 +145,21 @@ class Benchmark:
     def lr(self, method: str, batch_size: int, *, search: bool = True) -> float | None:
         """`method`'s searched rate at batch REFERENCE_BATCH, times batch_size / 32 (None if
         it was not searched yet and `search` is False)."""
-        probe = self.lr_lab.config(**parse_label(method), batch_size=REFERENCE_BATCH)
-        found = self.lr_lab.lr(probe, search=search)
+        found = self.lr_lab.lr(self._probe(method, REFERENCE_BATCH), search=search)
         return None if found is None else found * batch_size / REFERENCE_BATCH
+
+    def _probe(self, method: str, batch_size: int) -> TrainConfig:
+        """The configuration whose rate search gives `method`'s rate at `batch_size`."""
+        return self.lr_lab.config(**parse_label(method), batch_size=batch_size)
 
     def lr_check(self, *, search: bool = True) -> dict[str, dict[str, float | None]]:
         """For each of RULE_CHECKED: the rate the linear rule gives at batch CHECK_BATCH and
         the rate the search finds there (None if not searched yet and `search` is False)."""
         out = {}
         for method in RULE_CHECKED:
-            probe = self.lr_lab.config(**parse_label(method), batch_size=CHECK_BATCH)
+            searched = self.lr_lab.lr(self._probe(method, CHECK_BATCH), search=search)
             out[method] = {"rule": self.lr(method, CHECK_BATCH, search=search),
-                           "searched": self.lr_lab.lr(probe, search=search)}  # fmt: skip
+                           "searched": searched}  # fmt: skip
         return out
 
     def config(self, cell: Cell, *, search: bool = True) -> TrainConfig | None:

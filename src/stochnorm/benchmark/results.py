@@ -204,6 +204,14 @@ def best(found: Mapping[str, tuple[str, Mapping[str, Any]]], metric: str) -> str
     return (max if higher else min)(scored, key=scored.get)
 
 
+def by_side(
+    numbers: Mapping[str, Any], found: Mapping[str, tuple[str, Any]]
+) -> tuple[dict[str, tuple[str, Any]], dict[str, tuple[str, Any]]]:
+    """`entries` split into the baselines' and stochnorm's (by the entry's method)."""
+    base = {n: v for n, v in found.items() if v[0] in numbers["baselines"]}
+    return base, {n: v for n, v in found.items() if n not in base}
+
+
 def primary_entry(numbers: Mapping[str, Any], regime: str) -> str | None:
     """The entry named in advance for `regime`: the paper's method (PRIMARY) in its sampling
     mode (MC-K), else its single pass."""
@@ -218,8 +226,7 @@ def comparisons(numbers: Mapping[str, Any], regime: str) -> dict[str, list[dict[
     all stochnorm entries (exploratory: chosen after seeing the means, it favours stochnorm,
     the more so the more entries; "searched" says how many)."""
     found = entries(numbers, regime)
-    base = {n: v for n, v in found.items() if v[0] in numbers["baselines"]}
-    ours = {n: v for n, v in found.items() if v[0] not in numbers["baselines"]}
+    base, ours = by_side(numbers, found)
     primary = primary_entry(numbers, regime)
     out: dict[str, list[dict[str, Any]]] = {}
     for metric in DECIDING:
