@@ -14,7 +14,7 @@ import torch
 from torch import distributed as dist
 
 from . import data
-from .benchmark import REGIMES, Benchmark, regime, run_benchmark
+from .benchmark import METHODS, REGIMES, Benchmark, narrowed, regime, run_benchmark
 from .checkpoint import save_json
 from .cli_flags import CONFIG_FLAGS, REPRODUCE_FLAGS, SWITCHES
 from .config import PROFILES, TrainConfig
@@ -253,6 +253,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     names = dict.fromkeys(args.regimes.split(",")) if args.regimes else None
     chosen = REGIMES if names is None else [regime(n) for n in names]  # each once
+    if args.methods:
+        chosen = narrowed(chosen, list(dict.fromkeys(args.methods.split(","))))
     overrides = {CONFIG_FLAGS[f][0]: getattr(args, CONFIG_FLAGS[f][0]) for f in REPRODUCE_FLAGS}
     bench = Benchmark(
         args.profile, Path(args.out), seeds=args.seeds, regimes=chosen,
@@ -456,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--regimes",
         help=f"comma-separated regimes (default all: {', '.join(r.name for r in REGIMES)})",
+    )
+    p.add_argument(
+        "--methods",
+        help="comma-separated methods, each run in the chosen regimes that have it "
+        f"(default all: {', '.join(METHODS)})",
     )
     p.add_argument("--samples", type=_number(int), default=10, help="MC passes K (default 10)")
     _reuse_flag(p)

@@ -5,7 +5,7 @@ import pytest
 
 from stochnorm import metrics
 from stochnorm.benchmark import Benchmark, Regime, Sizes, run_benchmark
-from stochnorm.benchmark.grid import REFERENCE_BATCH, REGIMES, regime
+from stochnorm.benchmark.grid import REFERENCE_BATCH, REGIMES, narrowed, regime
 from stochnorm.benchmark.results import (
     comparisons,
     entries,
@@ -195,3 +195,17 @@ def test_the_rule_check_compares_the_linear_rule_with_the_rate_at_batch_4(done):
     assert set(checked) == {"batch", "analytic-proj"}
     for entry in checked.values():  # the demo profile tabulates its rates: no search
         assert entry["rule"] == pytest.approx(entry["searched"] * 4 / REFERENCE_BATCH)
+
+
+def test_a_part_of_the_grid_keeps_the_named_methods_of_each_regime():
+    part = narrowed(REGIMES, ["batch", "analytic-proj-bayes-f30"])
+    assert [(r.name, r.methods) for r in part] == [
+        ("b4", ("batch", "analytic-proj-bayes-f30")),
+        ("b32", ("batch", "analytic-proj-bayes-f30")),
+        ("ddp8x4", ("batch",)),
+        ("ddp4x8", ("batch",)),
+        ("b2", ("batch", "analytic-proj-bayes-f30")),
+    ]
+    assert [r.name for r in narrowed(REGIMES, ["population-proj"])] == ["b4", "b32"]
+    with pytest.raises(ConfigError, match="unknown method 'analytic-bayes'"):
+        narrowed(REGIMES, ["analytic-bayes"])

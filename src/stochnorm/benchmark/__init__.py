@@ -14,7 +14,7 @@ from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupted
 from ..plots import plot_image_rows
 from ..train import prepare_data
 from .document import write_benchmark
-from .grid import BASELINES, METHODS, REGIMES, Benchmark, Cell, Regime, regime
+from .grid import BASELINES, METHODS, REGIMES, Benchmark, Cell, Regime, narrowed, regime
 from .measure import DEFAULT_SIZES, Sizes, measure_run
 from .results import collect
 
@@ -58,5 +58,5 @@ def plot_corruption_examples(data: Splits, path: Path, image: int = 0) -> Path:
 
 __all__ = [
     "BASELINES", "DEFAULT_SIZES", "METHODS", "REGIMES", "Benchmark", "Cell", "Regime", "Sizes",
-    "measure_run", "regime", "run_benchmark",
+    "measure_run", "narrowed", "regime", "run_benchmark",
 ]  # fmt: skip

@@ -16,7 +16,7 @@ of 32 and so its rate.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,17 @@ def regime(name: str) -> Regime:
         if found.name == name:
             return found
     raise ConfigError(f"unknown regime {name!r}; choose from {', '.join(r.name for r in REGIMES)}")
+
+
+def narrowed(regimes: Sequence[Regime], methods: Sequence[str]) -> list[Regime]:
+    """`regimes` running only those of their methods named in `methods` (a regime that runs
+    none of them is left out): part of the grid, e.g. to have every seed of a few methods
+    first."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    kept = [replace(r, methods=tuple(m for m in r.methods if m in methods)) for r in regimes]
+    return [r for r in kept if r.methods]
 
 
 @dataclass(frozen=True)
