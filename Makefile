@@ -31,13 +31,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Fashion-MNIST: found in $STOCHNORM_DATA, ~/.cache/stochnorm or Debian's package
-# dataset-fashion-mnist (installed here with apt when run as root); else downloaded.
+# dataset-fashion-mnist (installed here with apt when run as root); else downloaded. The
+# nuclei image of the segmentation experiment: from the stardist wheel (pip download).
 data: setup
 	@$(BIN)/stochnorm data fashion-mnist 2>/dev/null || \
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null && \
 	    $(BIN)/stochnorm data fashion-mnist; } || \
 	  $(BIN)/stochnorm data fashion-mnist --download
+	$(BIN)/stochnorm data nuclei --download
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

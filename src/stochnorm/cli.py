@@ -316,7 +316,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if where is None:
         raise StochnormError(f"{args.name} not found; {reader.HOW_TO_GET}")
     raw = data.load(args.name, download=False)
-    print(f"{args.name}: {len(raw.train_y)} training and {len(raw.test_y)} test images in {where}")
+    if isinstance(raw, data.RawSegmentation):
+        h, w = raw.images.shape[2:]
+        print(f"{args.name}: {len(raw.images)} image(s) of {h}x{w} pixels with masks in {where}")
+    else:
+        print(f"{args.name}: {len(raw.train_y)} training and {len(raw.test_y)} test images in "
+              f"{where}")  # fmt: skip
     return 0
 
 
@@ -376,8 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         "reached after a few epochs (the paper's protocol)",
     )  # fmt: skip
     _add_config_flags(p)
-    p.add_argument("--lr-min", type=_number(float), default=1e-3, help="smallest rate tried")
-    p.add_argument("--lr-max", type=_number(float), default=1.0, help="largest rate tried")
+    p.add_argument(
+        "--lr-min", type=_number(float), help="smallest rate tried (SGD 1e-3, Adam 1e-5)"
+    )
+    p.add_argument("--lr-max", type=_number(float), help="largest rate tried (SGD 1, Adam 1e-2)")
     p.add_argument("--per-decade", type=_number(int), default=2, help="grid points per decade")
     p.add_argument("--refine", type=_number(int), default=3, help="refining trials after the grid")
     p.add_argument(
@@ -501,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_bn_noise)
 
     p = sub.add_parser("data", help="locate (or download) a dataset and check that it loads")
-    p.add_argument("name", help="fashion-mnist or cifar10")
+    p.add_argument("name", help="fashion-mnist, cifar10, nuclei, dic-hela or folder:PATH")
     p.add_argument("--download", action="store_true", help="download it if not found")
     p.set_defaults(func=_cmd_data)
     return parser

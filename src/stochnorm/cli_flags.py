@@ -4,10 +4,14 @@ the parser, the help and the overrides are built."""
 from __future__ import annotations
 
 CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
-    "--dataset": ("dataset", str, "fashion-mnist (default) or cifar10"),
+    "--dataset": (
+        "dataset", str,
+        "fashion-mnist (default), cifar10; segmentation: nuclei, dic-hela, or folder:PATH "
+        "(PATH/images and PATH/masks)",
+    ),
     "--model": (
         "model", str,
-        "allcnn (All-CNN-C, default), resnet20, or your own factory package.module:function "
+        "allcnn (All-CNN-C, default), resnet20, fcn (segmentation), or your own factory package.module:function "
         "(called with in_channels=, num_classes=; its batch norms are converted to --norm)",
     ),
     "--norm": (
@@ -19,7 +23,11 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--padding": (
         "padding", int, "zero padding of the first six convs (1 = Springenberg's All-CNN-C)",
     ),
-    "--subset": ("subset", float, "fraction of the training split to train on, in (0, 1]"),
+    "--subset": (
+        "subset", float,
+        "fraction of the training split to train on, in (0, 1]; segmentation: the fraction of "
+        "the training pixels one epoch's crops cover",
+    ),
     "--epochs": ("epochs", int, "number of epochs"),
     "--lr": ("lr", float, "initial learning rate (find one with `stochnorm lr-find`)"),
     "--lr-decay-epochs": (
@@ -36,7 +44,11 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
         "batch norm: statistics over groups of this many samples of the batch (data-parallel "
         "training without synchronized BN, emulated; default: the whole batch)",
     ),
-    "--momentum": ("momentum", float, "Nesterov momentum (0.9)"),
+    "--momentum": ("momentum", float, "Nesterov momentum of SGD (0.9)"),
+    "--optimizer": ("optimizer", str, "sgd (default, with Nesterov momentum) or adam"),
+    "--crop-size": (
+        "crop_size", int, "segmentation: train on random square crops of this size (whole images)",
+    ),
     "--weight-decay": ("weight_decay", float, "L2 weight decay (0)"),
     "--gamma-decay": (
         "gamma_decay", float, "coefficient of the penalty on the squared scales s (Luo et al.; 0)",
@@ -67,7 +79,11 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
 
 
 SWITCHES = {  # on/off flag (--x / --no-x) -> (TrainConfig field, help)
-    "--augment": ("augment", "random 2-px translation and horizontal flip of training images (on)"),
+    "--augment": (
+        "augment",
+        "random 2-px translation and horizontal flip of training images; segmentation: "
+        "horizontal and vertical flips and an elastic deformation of image and mask (on)",
+    ),
     "--data-init": (
         "data_init", "data-dependent initialization of the plain network and weight norm (on)",
     ),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .data import Dataset
+from .data import Dataset, check_name
 from .errors import ConfigError
 from .models import check_model_name
 from .norms import DEFAULT_GROUPS, Norm
@@ -43,7 +43,10 @@ class TrainConfig:
     pass, the loss taken on the training batch only (paper Fig. 2); None means the training batch
     alone. `ghost_batch` = k: batch norm's statistics over each group of k samples of the batch
     (data-parallel training on batch_size / k replicas without synchronized statistics,
-    emulated in one process). `eval_size` keeps only the first images of the validation and test sets (None: the whole
+    emulated in one process). `optimizer`: "sgd" (SGD with Nesterov momentum `momentum`, the
+    paper's for classification) or "adam" (Adam with torch's defaults, the paper's for
+    segmentation; `momentum` unused). `crop_size`: a segmentation set trains on random
+    crops of that many pixels square (None: whole images), see `data.crop_batches`. `eval_size` keeps only the first images of the validation and test sets (None: the whole
     sets, as the paper's protocol; a number only for smoke tests).
     """
 
@@ -61,6 +64,8 @@ class TrainConfig:
     norm_batch: int | None = None
     ghost_batch: int | None = None
     momentum: float = 0.9
+    optimizer: str = "sgd"
+    crop_size: int | None = None
     weight_decay: float = 0.0
     augment: bool = True
     data_init: bool = True
@@ -88,7 +93,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
 
-        object.__setattr__(self, "dataset", Dataset.parse(self.dataset).value)
+        object.__setattr__(self, "dataset", check_name(self.dataset))
         object.__setattr__(self, "norm", Norm.parse(self.norm).value)
         check_model_name(self.model)
         need(self.groups >= 1, f"groups must be >= 1, got {self.groups}")
@@ -115,6 +120,14 @@ class TrainConfig:
             )
             need(self.norm_batch is None, "ghost_batch and norm_batch do not combine")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(
+            self.optimizer in ("sgd", "adam"),
+            f"unknown optimizer {self.optimizer!r}; choose sgd or adam",
+        )
+        need(
+            self.crop_size is None or self.crop_size >= 1,
+            f"crop_size must be >= 1, got {self.crop_size}",
+        )
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.gamma_decay >= 0, f"gamma_decay must be >= 0, got {self.gamma_decay}")
         need(

@@ -15,12 +15,16 @@ from .config import LR_FIND_EPOCHS, TrainConfig
 from .errors import ConfigError
 from .train import prepare_data, train
 
+# The searched range of initial rates by optimizer (SGD: the paper's; Adam, whose steps do
+# not scale with the gradient, is searched three decades lower).
+LR_RANGE = {"sgd": (1e-3, 1.0), "adam": (1e-5, 1e-2)}
+
 
 def lr_find(
     cfg: TrainConfig,
     *,
-    lr_min: float = 1e-3,
-    lr_max: float = 1.0,
+    lr_min: float | None = None,
+    lr_max: float | None = None,
     per_decade: int = 2,
     refine: int = 3,
     epochs: int | None = None,
@@ -30,7 +34,8 @@ def lr_find(
     on_trial: Callable[[float, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` for `epochs` epochs (default: the profile's, see LR_FIND_EPOCHS) from the
-    same initialization with learning rates on a log grid over [lr_min, lr_max]
+    same initialization with learning rates on a log grid over [lr_min, lr_max] (default:
+    LR_RANGE of the configuration's optimizer)
     (`per_decade` points per decade), then narrow the bracket around the best one by
     `refine` more trials, each halving (in log scale) the larger side of the bracket.
 
@@ -39,6 +44,9 @@ def lr_find(
     `at_edge` = True when the best rate lies at an end of the range (then the range should be
     widened).
     """
+    default_min, default_max = LR_RANGE[cfg.optimizer]
+    lr_min = default_min if lr_min is None else lr_min
+    lr_max = default_max if lr_max is None else lr_max
     if not 0 < lr_min < lr_max:
         raise ConfigError(f"need 0 < lr_min < lr_max, got {lr_min} and {lr_max}")
     if per_decade < 1 or refine < 0:

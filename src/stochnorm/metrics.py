@@ -1,5 +1,7 @@
 """Quality of a predictive distribution: each metric takes `probs` [N, C] (rows sum to one)
-and integer `labels` [N] and returns a Python float (or arrays, for curves)."""
+and integer `labels` [N] and returns a Python float (or arrays, for curves). Per-pixel
+predictions of a segmentation, `probs` [N, C, H, W] with masks [N, H, W], count every pixel
+as one sample; `iou` and `dice` measure the predicted regions."""
 
 from __future__ import annotations
 
@@ -11,30 +13,36 @@ from torch import Tensor
 _TINY = 1e-12  # keeps log(0) finite for a class given probability zero
 
 
-def _check(probs: Tensor, labels: Tensor) -> None:
+def _rows(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """`probs` [N, C] and `labels` [N] as they are; predictions per position, probs
+    [N, C, *S] with labels [N, *S], as one row per position ([N * prod(S), C], [N * prod(S)])."""
+    per_position = probs.ndim > 2 and labels.ndim == probs.ndim - 1
+    if per_position and probs.shape[:1] + probs.shape[2:] == labels.shape:
+        return probs.movedim(1, -1).reshape(-1, probs.shape[1]), labels.reshape(-1)
     if probs.ndim != 2 or labels.ndim != 1 or len(probs) != len(labels):
         raise ValueError(
-            f"expected probs [N, C] and labels [N], got {tuple(probs.shape)} and "
-            f"{tuple(labels.shape)}"
+            f"expected probs [N, C] and labels [N] (or [N, C, H, W] and [N, H, W]), got "
+            f"{tuple(probs.shape)} and {tuple(labels.shape)}"
         )
+    return probs, labels
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> float:
     """Fraction of samples whose most probable class is the label."""
-    _check(probs, labels)
+    probs, labels = _rows(probs, labels)
     return (probs.argmax(1) == labels).double().mean().item()
 
 
 def nll(probs: Tensor, labels: Tensor) -> float:
     """Mean negative log-likelihood of the labels, -mean log p(y|x)."""
-    _check(probs, labels)
+    probs, labels = _rows(probs, labels)
     p = probs.double().gather(1, labels[:, None]).squeeze(1)
     return -p.clamp_min(_TINY).log().mean().item()
 
 
 def brier(probs: Tensor, labels: Tensor) -> float:
     """Mean over samples of sum_c (p_c - 1[y = c])^2."""
-    _check(probs, labels)
+    probs, labels = _rows(probs, labels)
     onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
     return (probs.double() - onehot).pow(2).sum(1).mean().item()
 
@@ -43,7 +51,7 @@ def reliability(probs: Tensor, labels: Tensor, bins: int = 15) -> dict[str, list
     """The reliability diagram of the confidence max_c p_c in `bins` equal-width bins (bin b
     holds confidences in ((b-1)/bins, b/bins]): per bin its sample count, mean confidence and
     accuracy (0 for an empty bin)."""
-    _check(probs, labels)
+    probs, labels = _rows(probs, labels)
     conf, pred = probs.double().max(1)
     correct = (pred == labels).double()
     index = (conf * bins).ceil().long().clamp(1, bins) - 1
@@ -62,6 +70,7 @@ def reliability(probs: Tensor, labels: Tensor, bins: int = 15) -> dict[str, list
 def ece(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
     """Expected calibration error: sum_b |B_b|/N * |acc_b - conf_b| over the bins of
     `reliability`."""
+    probs, labels = _rows(probs, labels)
     diagram = reliability(probs, labels, bins)
     gaps = (
         n * abs(a - c)
@@ -98,7 +107,7 @@ def error_coverage(probs: Tensor, labels: Tensor, score: str = "entropy") -> tup
     are the block's expected count (its errors times the fraction of it kept), so the curve
     does not depend on the order of the samples.
     """
-    _check(probs, labels)
+    probs, labels = _rows(probs, labels)
     u = uncertainty(probs, score)
     order = torch.argsort(u, stable=True)
     wrong = (probs.argmax(1) != labels)[order].double()
@@ -161,13 +170,45 @@ def fpr_at_tpr(in_scores: Tensor, out_scores: Tensor, tpr: float = 0.95) -> floa
 
 
 def summary(probs: Tensor, labels: Tensor) -> dict[str, float]:
-    """Accuracy, NLL, ECE (15 bins) and Brier score in one dictionary."""
-    return {
+    """Accuracy, NLL, ECE (15 bins) and Brier score in one dictionary; for per-pixel
+    predictions also IoU and Dice."""
+    out = {
         "accuracy": accuracy(probs, labels),
         "nll": nll(probs, labels),
         "ece": ece(probs, labels),
         "brier": brier(probs, labels),
     }
+    if probs.ndim > 2:
+        out.update(iou=iou(probs, labels), dice=dice(probs, labels))
+    return out
+
+
+def _overlaps(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per class but the first (background): the pixels predicted and labelled that class,
+    predicted only, labelled only (counts over all positions of all samples)."""
+    probs, labels = _rows(probs, labels)
+    classes = torch.arange(1, probs.shape[1], device=probs.device)
+    predicted = probs.argmax(1)[:, None] == classes
+    true = labels[:, None] == classes
+    both = (predicted & true).sum(0).double()
+    return both, (predicted & ~true).sum(0).double(), (~predicted & true).sum(0).double()
+
+
+def iou(probs: Tensor, labels: Tensor) -> float:
+    """Intersection over union |P & T| / |P | T| of the predicted (most probable) and the
+    labelled region of each class but the first (background), pooled over all pixels of all
+    samples, averaged over those classes: for two classes, the foreground IoU (Jaccard).
+    A class neither predicted nor labelled counts as 1."""
+    both, only_predicted, only_true = _overlaps(probs, labels)
+    union = both + only_predicted + only_true
+    return torch.where(union > 0, both / union.clamp_min(1), 1.0).mean().item()
+
+
+def dice(probs: Tensor, labels: Tensor) -> float:
+    """Dice coefficient 2 |P & T| / (|P| + |T|), per class but the first as in `iou`."""
+    both, only_predicted, only_true = _overlaps(probs, labels)
+    total = 2 * both + only_predicted + only_true
+    return torch.where(total > 0, 2 * both / total.clamp_min(1), 1.0).mean().item()
 
 
 def temperature_scale(probs: Tensor, temperature: float) -> Tensor:
@@ -185,7 +226,7 @@ def fit_temperature(
     """The one temperature T in [low, high] that minimizes the NLL of `temperature_scale(
     probs, T)` on (probs, labels), e.g. a validation set: golden-section search on log T
     (the NLL is convex in 1 / T), to a relative precision of about 1e-9."""
-    _check(probs, labels)
+    probs, labels = _rows(probs, labels)
     if not 0 < low < high:
         raise ValueError(f"need 0 < low < high, got {low} and {high}")
     logp = probs.double().clamp_min(_TINY).log()

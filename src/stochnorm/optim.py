@@ -1,5 +1,6 @@
-"""The optimizer of a run: SGD with Nesterov momentum for the weights, and for learned noise
-the same SGD at its own rate or Adam (`TrainConfig.noise_optimizer`)."""
+"""The optimizer of a run: SGD with Nesterov momentum (or Adam, `TrainConfig.optimizer`) for
+the weights, and for learned noise the same at its own rate or Adam
+(`TrainConfig.noise_optimizer`)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,14 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer 
     noise, whose learning rate is `cfg.noise_lr_factor` times the others'. With
     `cfg.noise_optimizer == "adam"` the noise parameters are stepped by Adam instead (at
     that rate, on the same schedule), so that sigma_S moves by about its rate per step
-    whatever the size of its gradient, and the rest by SGD as before."""
+    whatever the size of its gradient, and the rest by SGD as before. With
+    `cfg.optimizer == "adam"` every group is stepped by Adam (the noise group at its
+    factor times the rate)."""
     groups = parameter_groups(model, cfg.weight_decay, cfg.noise_lr_factor)
+    if cfg.optimizer == "adam":
+        for group in groups:
+            group["lr"] = cfg.lr * group["lr_factor"]
+        return torch.optim.Adam(groups, lr=cfg.lr)
     sgd_groups = groups[:2] if cfg.noise_optimizer == "adam" else groups
     sgd = torch.optim.SGD(sgd_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.noise_optimizer != "adam" or len(groups) < 3:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,11 @@ def first_layer_patches(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def training_inputs(data: datasets.Splits, cfg: TrainConfig, count: int = 10_000) -> Tensor:
     """Up to `count` training images as the network sees them in training (augmented when
-    training augments): the sample from which analytic norm measures its input moments."""
+    training augments; for segmentation the crops of one epoch): the sample from which
+    analytic norm measures its input moments."""
+    if data.segmentation:
+        g = torch.Generator().manual_seed(cfg.seed)
+        return torch.cat([x for x, _ in training_batches(data, cfg, g)])[:count]
     x = data.train.x[:count]
     if cfg.augment:
         x = augment_batch(x, data.fill, torch.Generator().manual_seed(cfg.seed))
@@ -173,6 +177,14 @@ def prepare_data(cfg: TrainConfig) -> datasets.Splits:
             data, val=data.val.head(cfg.eval_size), test=data.test.head(cfg.eval_size)
         )
     return data
+
+
+def check_task(cfg: TrainConfig, data: datasets.Splits) -> None:
+    """A ConfigError for settings that do not apply to `data`'s task."""
+    if data.segmentation and cfg.norm_batch is not None:
+        raise ConfigError("norm_batch applies to classification; a segmentation set has none")
+    if not data.segmentation and cfg.crop_size is not None:
+        raise ConfigError(f"crop_size applies to segmentation sets; {data.name} is not one")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -221,14 +233,15 @@ def train(
     replicas.barrier()  # the run directory is ready before any process reads it
     if data is None:
         data = prepare_data(cfg)
+    check_task(cfg, data)
     model = build_model(cfg, data).to(device)
     optimizer = make_optimizer(cfg, model)
     if cfg.project:
         after_step = [project_, *after_step]
     if cfg.gamma_decay:
         loss_terms = [lambda m: cfg.gamma_decay * gamma_decay(m), *loss_terms]
-    if cfg.noise == "bayes":
-        loss_terms = [elbo_loss_term(cfg.kl_factor, len(data.train)), *loss_terms]
+    if cfg.noise == "bayes":  # |D|: the classified examples, every pixel of a segmentation
+        loss_terms = [elbo_loss_term(cfg.kl_factor, data.train.y.numel()), *loss_terms]
     history: list[dict[str, float]] = []
     state = run.checkpoint() if run is not None and resume else None
     if state is not None:
@@ -327,16 +340,10 @@ def train_epoch(
     objective (the loss plus the extra loss terms). A non-finite objective ends the epoch
     before its step (the parameters stay finite) and makes both means non-finite."""
     model.train()
-    fill = data.fill
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     objective_sum = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
-    for x, y in datasets.batches(data.train, cfg.batch_size, generator, drop_last=True):
-        if cfg.extra_norm_samples:
-            extra = torch.randint(len(data.train), (cfg.extra_norm_samples,), generator=generator)
-            x = torch.cat([x, data.train.x[extra]])
-        if cfg.augment:
-            x = augment_batch(x, fill, generator)
+    for x, y in training_batches(data, cfg, generator):
         if replicas.world > 1:
             share = len(y) // replicas.world
             x, y = (t[replicas.rank * share : (replicas.rank + 1) * share] for t in (x, y))
@@ -357,6 +364,30 @@ def train_epoch(
         steps += 1
     steps = max(steps, 1)
     return (loss_sum / steps).item(), (objective_sum / steps).item()
+
+
+def training_batches(
+    data: datasets.Splits, cfg: TrainConfig, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of training batches (x, y) as the network sees them. Classification: the
+    shuffled training split in batches of `cfg.batch_size` (the last incomplete one dropped),
+    x followed by `cfg.extra_norm_samples` random other images (y has no labels for them),
+    augmented by `augment_batch`. Segmentation: random crops covering the fraction
+    `cfg.subset` of the training pixels (`data.crop_batches`), flipped and deformed with
+    their masks."""
+    if data.segmentation:
+        yield from datasets.crop_batches(
+            data.train, cfg.batch_size, cfg.crop_size, generator, subset=cfg.subset,
+            augment=cfg.augment,
+        )  # fmt: skip
+        return
+    for x, y in datasets.batches(data.train, cfg.batch_size, generator, drop_last=True):
+        if cfg.extra_norm_samples:
+            extra = torch.randint(len(data.train), (cfg.extra_norm_samples,), generator=generator)
+            x = torch.cat([x, data.train.x[extra]])
+        if cfg.augment:
+            x = augment_batch(x, data.fill, generator)
+        yield x, y
 
 
 def augment_batch(x: Tensor, fill: Tensor, generator: torch.Generator) -> Tensor:

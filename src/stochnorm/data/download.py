@@ -18,9 +18,14 @@ def sha256(data: bytes) -> str:
 
 
 def download(
-    url: str, dest: Path, digest: Callable[[bytes], str], expected: str, timeout: float = 60.0
+    url: str,
+    dest: Path,
+    digest: Callable[[bytes], str],
+    expected: str | None,
+    timeout: float = 60.0,
 ) -> Path:
-    """Fetch `url` into `dest` if `digest(content) == expected`, else raise DataError.
+    """Fetch `url` into `dest` if `digest(content) == expected`, else raise DataError
+    (`expected` None: a source that publishes no checksum; its reader checks the content).
 
     `digest` lets a caller check what matters: for gzip files the uncompressed bytes, since
     the same data is distributed with different compressions.
@@ -34,7 +39,7 @@ def download(
             f"cannot download {url} ({exc}); fetch it by hand into {dest.parent}"
         ) from None
     got = digest(content)
-    if got != expected:
+    if expected is not None and got != expected:
         raise DataError(f"{url}: checksum mismatch (got {got}, expected {expected})")
     atomic_write(dest, lambda f: f.write(content))
     return dest

@@ -53,6 +53,11 @@ class Splits:
         return len(self.classes)
 
     @property
+    def segmentation(self) -> bool:
+        """Whether the labels are masks [N, H, W] (a class per pixel) rather than [N]."""
+        return self.train.y.ndim == 3
+
+    @property
     def fill(self) -> Tensor:
         """The standardized value of a black (raw 0) pixel, per channel: the padding value."""
         return -torch.tensor(self.mean) / torch.tensor(self.std)

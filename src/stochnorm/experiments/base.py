@@ -40,6 +40,7 @@ TABLE_LR: dict[tuple[str, bool, str | None], float] = {
     ("weight", True, None): 0.0042,
     ("analytic", True, None): 0.010,
 }
+ADAM_LR = 1e-3  # torch's default rate of Adam
 
 
 def per_profile(lab: Lab, table: dict[str, Any]) -> Any:
@@ -49,7 +50,10 @@ def per_profile(lab: Lab, table: dict[str, Any]) -> Any:
 
 def table_lr(cfg: TrainConfig) -> float:
     """The tabulated rate for `cfg`'s normalization: the exact case, else the same norm and
-    projection without noise, else the same norm, else 0.01."""
+    projection without noise, else the same norm, else 0.01; with Adam, Adam's default
+    0.001 (the table holds SGD's rates)."""
+    if cfg.optimizer == "adam":
+        return ADAM_LR
     for key in (
         (cfg.norm, cfg.project, cfg.noise),
         (cfg.norm, cfg.project, None),

@@ -20,6 +20,7 @@ from ..convert import convert
 from ..errors import ConfigError
 from ..norms import DEFAULT_GROUPS, Norm
 from .allcnn import AllCNN
+from .fcn import FCN
 from .resnet import ResNet, resnet20
 
 # name -> builder(in_channels, num_classes, *, norm, width, padding, groups)
@@ -28,6 +29,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": lambda c, k, *, padding, **options: (
         _no_padding("resnet20", padding) or resnet20(c, k, **options)
     ),
+    "fcn": lambda c, k, *, padding, **options: _no_padding("fcn", padding) or FCN(c, k, **options),
 }
 DEFAULT_PADDING = 1  # All-CNN-C's; the only value other models accept
 
@@ -106,6 +108,6 @@ def build(
 
 
 __all__ = [
-    "MODELS", "AllCNN", "ResNet", "build", "check_model_name", "factory_name", "load_factory",
+    "MODELS", "FCN", "AllCNN", "ResNet", "build", "check_model_name", "factory_name", "load_factory",
     "resnet20",
 ]  # fmt: skip
