@@ -111,10 +111,10 @@ results-long: | setup data
 # Every experiment of `stochnorm reproduce` at the quick profile, reusing the runs above,
 # those whose runs have three seeds again with paired seed verdicts (SEEDED), then the
 # claims-vs-measurements report.
-SEEDED := fig1-bn-generalization fig3-projection
+SEEDED := fig1-bn-generalization fig3-projection fig9-segmentation
 results-reproduce: | setup data
 	$(BIN)/stochnorm reproduce all --profile quick --out results/reproduce/quick \
-	  --reuse $(QUICK) --no-progress
+	  --reuse $(QUICK) --reuse results/reproduce/quick-seeds3/runs --no-progress
 	$(BIN)/stochnorm reproduce $(SEEDED) --profile quick --seeds 3 \
 	  --out results/reproduce/quick-seeds3 --reuse $(QUICK) --reuse results/reproduce/quick/runs \
 	  --no-progress
