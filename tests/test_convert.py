@@ -8,7 +8,15 @@ from torch import nn
 
 from stochnorm import AllCNN
 from stochnorm.convert import convert, fold
-from stochnorm.norms import AnalyticNorm, BatchNorm, PopulationNorm, WeightNorm, normalizations
+from stochnorm.norms import (
+    AnalyticNorm,
+    BatchNorm,
+    PopulationNorm,
+    WeightNorm,
+    normalizations,
+    output_rows,
+    set_output_rows,
+)
 from stochnorm.projection import project_, scale_invariant_weights
 
 from .resnet import ResNet
@@ -239,3 +247,78 @@ def test_fold_keeps_the_activation_of_a_fused_batch_norm():
     folded = fold(net)
     assert torch.allclose(folded(x), net.eval()(x), atol=1e-5)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+
+
+class _EncoderDecoder(nn.Module):
+    """A small segmentation net: a strided conv down, a (grouped) transposed conv back up."""
+
+    def __init__(self, groups=1):
+        super().__init__()
+        self.down = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.up = nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1, groups=groups)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn2(self.up(torch.relu(self.bn1(self.down(x)))))))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_output_rows_of_a_transposed_conv_are_the_weights_of_each_output_channel(groups):
+    torch.manual_seed(7)
+    layer = nn.ConvTranspose2d(4, 6, 3, stride=2, groups=groups)
+    rows = output_rows(layer)
+    assert rows.shape == (6, 4 // groups * 9)
+    for o in range(6):  # the weights with a gradient from output channel o alone
+        layer.zero_grad()
+        layer(torch.rand(2, 4, 5, 5) + 0.1)[:, o].sum().backward()
+        feeding = layer.weight.grad != 0
+        saved = layer.weight.detach().clone()
+        one = torch.zeros_like(rows)
+        one[o] = 1.0
+        set_output_rows(layer, one)
+        assert torch.equal(layer.weight.detach() != 0, feeding)
+        set_output_rows(layer, rows.detach())  # and back: a round trip
+        assert torch.equal(layer.weight.detach(), saved)
+
+
+@pytest.mark.parametrize("norm", ["batch", "weight", "analytic", "population"])
+def test_a_norm_after_a_transposed_conv_is_converted_projected_and_folded(norm):
+    torch.manual_seed(8)
+    model = convert(_EncoderDecoder(), norm)
+    assert isinstance(model.get_submodule("bn2"), NORMS[norm])
+    assert model.get_submodule("bn2").layer is model.get_submodule("up")
+    x = torch.randn(5, 1, 12, 12)
+    model.train()
+    out = model(x)
+    assert out.shape == (5, 2, 12, 12)
+    project_(model)
+    up = output_rows(model.get_submodule("up")).norm(dim=1)
+    assert torch.allclose(up, torch.ones_like(up), atol=1e-6)
+    if norm in ("weight", "analytic"):  # invariant to the scale of the transposed weight
+        for layer in normalizations(model):
+            layer.eps = 1e-12
+        ref = model(x)
+        with torch.no_grad():
+            model.get_submodule("up").weight.mul_(3.0)
+        assert torch.allclose(model(x), ref, atol=1e-5)
+    model.train()(x)
+    model.eval()
+    with torch.no_grad():
+        ref, folded = model(x), fold(model)(x)
+    assert torch.allclose(folded, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_weight_norm_after_a_grouped_transposed_conv_normalizes_each_output_channel():
+    torch.manual_seed(9)
+    model = convert(_EncoderDecoder(groups=2), "weight")
+    up, norm = model.get_submodule("up"), model.get_submodule("bn2")
+    u = up(
+        torch.relu(model.get_submodule("bn1")(model.get_submodule("down")(torch.randn(2, 1, 8, 8))))
+    )
+    mu, sigma = norm.statistics(u)
+    expected = torch.stack(
+        [up.weight[(o // 3) * 2 : (o // 3) * 2 + 2, o % 3].norm() for o in range(6)]
+    )
+    assert torch.allclose(sigma, expected)

@@ -17,15 +17,17 @@ from . import analytic
 from .bayes import add_noise
 from .norms import (
     DEFAULT_GROUPS,
+    LAYERS,
     BatchNorm,
     GroupNorm,
     Norm,
     _Normalization,
     make_norm,
     out_features,
+    output_rows,
+    set_output_rows,
 )
 
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, _Normalization)
 
 
@@ -49,7 +51,7 @@ def _layer_norm_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if (
             isinstance(source, fx.Node)
             and source.op == "call_module"
-            and isinstance(model.get_submodule(source.target), _LAYERS)
+            and isinstance(model.get_submodule(source.target), LAYERS)
             and len(source.users) == 1
         ):
             pairs.append((source.target, node.target))
@@ -194,7 +196,7 @@ def fold(model: nn.Module) -> nn.Module:
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros_like(mu))
         layer.bias.copy_((bias - mu) * factor + shift)
-        layer.weight.mul_(factor.view((-1,) + (1,) * (layer.weight.ndim - 1)))
+        set_output_rows(layer, output_rows(layer) * factor[:, None])
         _set_submodule(new, norm_name, _with_what_follows(nn.Identity(), norm))
     analytic.detach(new)
     leftover = [n for n, m in new.named_modules() if isinstance(m, _BATCH_NORMS)]

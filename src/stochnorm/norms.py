@@ -38,13 +38,43 @@ class Norm(Option):
     LAYER = "layer"  # mu, sigma per sample over all channels and positions (group norm, G = 1)
 
 
+TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# The layers a normalization can be bound to: what it normalizes is their output per channel.
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED_CONVS, nn.Linear)
+
+
 def out_features(layer: nn.Module) -> int:
-    """Output channels of a conv or output features of a linear layer."""
+    """Output channels of a conv (transposed or not) or output features of a linear layer."""
     if isinstance(layer, nn.Linear):
         return layer.out_features
-    if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+    if isinstance(layer, LAYERS):
         return layer.out_channels
     raise TypeError(f"expected a conv or linear layer, got {type(layer).__name__}")
+
+
+def output_rows(layer: nn.Module) -> Tensor:
+    """The weight of `layer` as one row per output channel, [O, fan-in]: the weights that
+    make output channel o. A conv's or linear layer's weight is laid out that way already
+    (a view); a transposed conv's, [C_in, O / groups, *kernel], is reordered (a copy that
+    autograd follows; `set_output_rows` writes one back)."""
+    weight = layer.weight
+    if not isinstance(layer, TRANSPOSED_CONVS):
+        return weight.flatten(1)
+    groups = layer.groups
+    per_group = weight.view(groups, weight.shape[0] // groups, weight.shape[1], -1)
+    return per_group.transpose(1, 2).reshape(groups * weight.shape[1], -1)
+
+
+@torch.no_grad()
+def set_output_rows(layer: nn.Module, rows: Tensor) -> None:
+    """Write `rows` [O, fan-in] (in the order of `output_rows`) into `layer.weight`."""
+    weight = layer.weight
+    if not isinstance(layer, TRANSPOSED_CONVS):
+        weight.copy_(rows.view_as(weight))
+        return
+    groups = layer.groups
+    per_group = rows.view(groups, weight.shape[1], weight.shape[0] // groups, -1)
+    weight.copy_(per_group.transpose(1, 2).reshape(weight.shape))
 
 
 class _Normalization(nn.Module):
@@ -249,7 +279,7 @@ class WeightNorm(_Normalization):
 
     def statistics(self, u: Tensor) -> tuple[Tensor, Tensor]:
         layer = self._require_layer()
-        sigma = layer.weight.flatten(1).norm(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
+        sigma = output_rows(layer).norm(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
         mu = layer.bias if layer.bias is not None else torch.zeros_like(sigma)
         return mu, sigma
 

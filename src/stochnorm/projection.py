@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .noise import noise_modules
-from .norms import normalizations
+from .norms import normalizations, output_rows, set_output_rows
 
 
 def scale_invariant_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -33,10 +33,11 @@ def project_(model: nn.Module) -> nn.Module:
         if layer is None or id(layer.weight) in seen:
             continue
         seen.add(id(layer.weight))
-        weight, k = layer.weight, norm.invariant_channels
-        rows = weight.reshape(weight.shape[0] // k, -1)
-        norms = rows.norm(dim=1).clamp_min(torch.finfo(weight.dtype).tiny) / k**0.5
-        weight.copy_((rows / norms[:, None]).view_as(weight))
+        k = norm.invariant_channels
+        channels = output_rows(layer)
+        rows = channels.reshape(channels.shape[0] // k, -1)
+        norms = rows.norm(dim=1).clamp_min(torch.finfo(rows.dtype).tiny) / k**0.5
+        set_output_rows(layer, (rows / norms[:, None]).view_as(channels))
     return model
 
 
