@@ -422,3 +422,36 @@ def test_analytic_norm_under_data_parallel_needs_no_buffer_broadcast(tmp_path, t
     # statistics computed by each process from its weights: the same without broadcasting
     assert b0.keys() == b1.keys() and any(k.endswith(".mu") for k in b0)
     assert all(b0[k] == pytest.approx(b1[k], rel=1e-6, abs=1e-9) for k in b0)
+    # batch-independent: two processes on 16 each are one process on the batch of 32
+    single = train(cfg, data=tiny_fashion, progress=False).metrics["history"]
+    ddp = found[0][0]["history"]
+    assert ddp[0]["train_loss"] == pytest.approx(single[0]["train_loss"], rel=1e-6)
+    assert ddp[-1]["train_loss"] == pytest.approx(single[-1]["train_loss"], rel=1e-4)
+
+
+def test_synchronized_batch_norm_under_data_parallel_is_one_process_on_the_global_batch(
+    tmp_path, tiny_fashion
+):
+    # At lr 0.01 this tiny BN network is stable to round-off (a relative change of 1e-7 in
+    # its initial weights moves its first epoch's loss by 3e-8, the second's by 5e-5); at
+    # lr 0.05 round-off grows to 2% within the first epoch, and no two summation orders
+    # (one process's, two processes') would compare.
+    cfg = TrainConfig(**{**TINY, "lr": 0.01, "sync_bn": True})
+    found = _data_parallel(tmp_path, "sync", cfg, tiny_fashion)
+    (ddp, (w0, b0)), (_, (w1, b1)) = found[0], found[1]
+    assert w0 == pytest.approx(w1, rel=1e-9) and b0 == pytest.approx(b1, rel=1e-9)
+    single = train(cfg, data=tiny_fashion, progress=False)  # no process group: no sync needed
+    first = (ddp["history"][0]["train_loss"], single.metrics["history"][0]["train_loss"])
+    assert first[0] == pytest.approx(first[1], rel=1e-6)  # the first 8 steps: round-off only
+    for a, b in zip(ddp["history"], single.metrics["history"], strict=True):
+        for key in ("train_loss", "train_eval_loss", "val_loss", "val_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3), key
+    weights = sum(p.double().sum().item() for p in single.model.parameters())
+    buffers = {k: b.double().sum().item() for k, b in single.model.named_buffers()}
+    assert w0 == pytest.approx(weights, rel=1e-3)
+    assert b0 == pytest.approx(buffers, rel=1e-3, abs=1e-3)  # the global batch's estimates
+    # without sync each process normalizes its own 16: another training from the first steps
+    apart = _data_parallel(tmp_path, "apart", cfg.replace(sync_bn=False), tiny_fashion)[0][0]
+    assert abs(apart["history"][0]["train_loss"] - first[0]) > 1e-3 * first[0]
+    with pytest.raises(ConfigError, match="sync_bn applies to batch norm only"):
+        TrainConfig(norm="analytic", sync_bn=True)

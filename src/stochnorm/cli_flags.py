@@ -98,6 +98,11 @@ SWITCHES = {  # on/off flag (--x / --no-x) -> (TrainConfig field, help)
     "--sigma-s-per-layer": (
         "sigma_s_per_layer", "bayes: one sigma_S per layer instead of one per channel (off)",
     ),
+    "--sync-bn": (
+        "sync_bn",
+        "batch norm under torchrun: statistics over the global batch, all-reduced in every "
+        "layer (SyncBatchNorm; off: each process's share, as DDP without SyncBN)",
+    ),
     "--exact-first-layer": (
         "exact_first_layer",
         "analytic norm: first-layer moments from the input patch covariance (on)",

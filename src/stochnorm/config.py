@@ -43,7 +43,9 @@ class TrainConfig:
     pass, the loss taken on the training batch only (paper Fig. 2); None means the training batch
     alone. `ghost_batch` = k: batch norm's statistics over each group of k samples of the batch
     (data-parallel training on batch_size / k replicas without synchronized statistics,
-    emulated in one process). `optimizer`: "sgd" (SGD with Nesterov momentum `momentum`, the
+    emulated in one process). `sync_bn`: under data-parallel training, batch norm's
+    statistics over the global batch (SyncBatchNorm) instead of each process's share.
+    `optimizer`: "sgd" (SGD with Nesterov momentum `momentum`, the
     paper's for classification) or "adam" (Adam with torch's defaults, the paper's for
     segmentation; `momentum` unused). `crop_size`: a segmentation set trains on random
     crops of that many pixels square (None: whole images), see `data.crop_batches`. `eval_size` keeps only the first images of the validation and test sets (None: the whole
@@ -63,6 +65,7 @@ class TrainConfig:
     batch_size: int = 32
     norm_batch: int | None = None
     ghost_batch: int | None = None
+    sync_bn: bool = False
     momentum: float = 0.9
     optimizer: str = "sgd"
     crop_size: int | None = None
@@ -119,6 +122,10 @@ class TrainConfig:
                 f"ghost_batch ({self.ghost_batch}) must divide batch_size ({self.batch_size})",
             )
             need(self.norm_batch is None, "ghost_batch and norm_batch do not combine")
+        need(
+            not self.sync_bn or self.norm == Norm.BATCH.value, "sync_bn applies to batch norm only"
+        )
+        need(not (self.sync_bn and self.ghost_batch), "sync_bn and ghost_batch do not combine")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(
             self.optimizer in ("sgd", "adam"),

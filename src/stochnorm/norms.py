@@ -19,9 +19,33 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+from torch import distributed as dist
 from torch.nn import functional as F
 
 from .options import Option
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """The sum of a tensor over the processes of the default group, differentiable: the
+    gradient of each process's input is the sum of the gradients of all processes' outputs
+    (synchronized batch norm: every process's loss depends on every process's batch)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce(x: Tensor) -> Tensor:
+    return _SumOverProcesses.apply(x)
+
 
 Layer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 
@@ -171,7 +195,12 @@ class BatchNorm(_Normalization):
     `ghost_batch` = k: in training, the statistics are those of each group of k consecutive
     samples of the batch (Hoffer et al.'s ghost batches; what each replica computes in
     data-parallel training without synchronized BN), the running estimates those of the
-    first group."""
+    first group.
+
+    `sync` (data-parallel training, `TrainConfig.sync_bn`): in training, the statistics of
+    the global batch, all processes' shares together (torch's SyncBatchNorm: two all-reduces
+    in every layer, differentiable, so the gradient is that of one process on the whole
+    batch); without a process group it changes nothing."""
 
     def __init__(
         self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
@@ -179,6 +208,7 @@ class BatchNorm(_Normalization):
     ) -> None:  # fmt: skip
         self.momentum = momentum  # None: the cumulative average over all batches, as torch's
         self.ghost_batch: int | None = None
+        self.sync = False
         super().__init__(num_features, eps, device=device, dtype=dtype)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
@@ -197,14 +227,28 @@ class BatchNorm(_Normalization):
         self._track(mu, unbiased)
         return mu, (var + self.eps).sqrt()
 
-    @staticmethod
-    def _batch_moments(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _batch_moments(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The biased variance and the mean of u per channel over the batch and spatial
-        positions (with gradients), and the unbiased variance (without)."""
+        positions (with gradients), and the unbiased variance (without); over the global
+        batch when `_synced`."""
         dims = [0] + list(range(2, u.ndim))
-        var, mu = torch.var_mean(u, dims, correction=0)
         n = u.numel() // u.shape[1]
-        return var, mu, var.detach() * (n / max(n - 1, 1))
+        if not self._synced:
+            var, mu = torch.var_mean(u, dims, correction=0)
+            return var, mu, var.detach() * (n / max(n - 1, 1))
+        count = u.new_full((1,), float(n))
+        total = all_reduce(torch.cat([u.sum(dims), count]))  # sums over the processes
+        n = total[-1].detach()  # on the device: no host synchronization
+        mu = total[:-1] / n
+        shape = (1, -1) + (1,) * (u.ndim - 2)
+        var = all_reduce((u - mu.view(shape)).pow(2).sum(dims)) / n  # two passes, as var_mean
+        return var, mu, var.detach() * (n / (n - 1).clamp_min(1))
+
+    @property
+    def _synced(self) -> bool:
+        """Whether this training step's statistics are the global batch's (`sync`)."""
+        return (self.sync and self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1)  # fmt: skip
 
     def _average_factor(self) -> float:
         """The weight of the current batch in the running estimates: `momentum`, or 1 / the
@@ -238,7 +282,7 @@ class BatchNorm(_Normalization):
                 return self.noise(z, self.weight, self.bias)
             shape = (1, -1) + (1,) * (u.ndim - 2)
             return torch.addcmul(self.bias.view(shape), z, self.weight.view(shape))
-        if self.noise is not None:
+        if self.noise is not None or self._synced:
             return super().forward(u)
         # the fused kernel computes the same as the base formula, faster
         self._check_input(u)
@@ -269,7 +313,8 @@ class BatchNorm(_Normalization):
 
     def extra_repr(self) -> str:
         ghost = f", ghost_batch={self.ghost_batch}" if self.ghost_batch is not None else ""
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{ghost}"
+        sync = ", sync=True" if self.sync else ""
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{ghost}{sync}"
 
 
 class WeightNorm(_Normalization):

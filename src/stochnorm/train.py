@@ -94,6 +94,7 @@ def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
             layer.gradient = cfg.population_gradient
         elif isinstance(layer, BatchNorm):
             layer.ghost_batch = cfg.ghost_batch
+            layer.sync = cfg.sync_bn
     if cfg.noise is not None:
         add_noise(
             model, cfg.noise, sigma_s=cfg.sigma_s, per_channel=not cfg.sigma_s_per_layer,
