@@ -262,3 +262,12 @@ def test_product_of_independent_values_against_monte_carlo():
     se = (x * y).std().item() / n**0.5
     assert mean.item() == pytest.approx((x * y).mean().item(), abs=5 * se)
     assert var.item() == pytest.approx((x * y).var().item(), rel=0.02)
+
+
+@pytest.mark.parametrize("a", [0.0, 0.01, 0.3])
+def test_leaky_relu_rule_gradient_against_finite_differences(a):
+    g = torch.Generator().manual_seed(0)
+    mean = (torch.randn(12, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    var = (torch.rand(12, generator=g, dtype=torch.float64) * 4 + 0.05).requires_grad_()
+    assert torch.autograd.gradcheck(lambda m, v: moments.leaky_relu(m, v, a), (mean, var),
+                                    eps=1e-6, atol=1e-7, rtol=1e-5)  # fmt: skip
