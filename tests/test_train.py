@@ -455,3 +455,12 @@ def test_synchronized_batch_norm_under_data_parallel_is_one_process_on_the_globa
     assert abs(apart["history"][0]["train_loss"] - first[0]) > 1e-3 * first[0]
     with pytest.raises(ConfigError, match="sync_bn applies to batch norm only"):
         TrainConfig(norm="analytic", sync_bn=True)
+
+
+def test_population_norm_estimates_agree_on_every_process(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "norm": "population", "epochs": 1, "lr": 0.01})  # 0.05 diverges
+    found = _data_parallel(tmp_path, "pn", cfg, tiny_fashion)
+    (_, (w0, b0)), (_, (w1, b1)) = found[0], found[1]
+    assert any(k.endswith("running_var") for k in b0)
+    assert b0 == b1  # rank 0's estimates, broadcast before every forward
+    assert w0 == pytest.approx(w1, rel=1e-9)
