@@ -412,6 +412,10 @@ class PopulationNorm(BatchNorm):
     unchanged. False, the statistics are constants (stop-gradient), which loses BN's
     invariance to the scale of w in the gradient: measured on the quick profile, that
     network barely trains (Ioffe & Szegedy, section 2, predict this).
+
+    Under data-parallel training the batch statistics are the global batch's (`sync`, set
+    by the training loop): every process then holds the same estimates, those one process
+    would compute on the whole batch, and no broadcast of them is needed.
     """
 
     def __init__(
@@ -425,11 +429,11 @@ class PopulationNorm(BatchNorm):
         if not self.training:
             return super().statistics(u)
         var, mu, unbiased = self._batch_moments(u)
-        with torch.no_grad():
-            if int(self.num_batches_tracked) == 0:  # the estimates start at the first batch
-                self.running_mean.copy_(mu)
-                if u.numel() // u.shape[1] >= 2:  # one value per channel: no variance yet
-                    self.running_var.copy_(unbiased)
+        with torch.no_grad():  # the estimates start at the first batch (no host sync)
+            first = self.num_batches_tracked == 0
+            self.running_mean.copy_(torch.where(first, mu, self.running_mean))
+            if u.numel() // u.shape[1] >= 2:  # one value per channel: no variance yet
+                self.running_var.copy_(torch.where(first, unbiased, self.running_var))
             mu_p = self.running_mean.clone()
             sigma_p = (self.running_var + self.eps).sqrt()
         self._track(mu, unbiased)
