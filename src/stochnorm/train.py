@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .distributed import SINGLE_PROCESS, Replicas
 from .errors import ConfigError, RunDirError, StochnormError
 from .initialization import data_dependent_init_
-from .norms import BATCH_NORMS, BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
+from .norms import BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
 from .optim import make_optimizer
 from .plots import plot_curves
 from .prediction import loss_and_accuracy, nll_loss, predict_probs
