@@ -108,18 +108,30 @@ def test_normalization_batch_verdict():
 
 
 def test_batch_size_verdict():
+    small_fit = [1.0, 0.6, 0.3, 0.2, 0.15, 0.12, 0.11, 0.1, 0.1, 0.1]
+
     def numbers(bn_large_acc, bn_large_loss):
         runs = {
             "none": {"32": _summary(made_up_history([0.90] * 10)),
                      "128": _summary(made_up_history([0.85] * 10))},
-            "batch": {"32": _summary(made_up_history([0.92, 0.921] * 5, train_eval_loss=[0.1] * 10)),
+            "batch": {"32": _summary(made_up_history([0.92, 0.921] * 5, train_eval_loss=small_fit)),
                       "128": _summary(made_up_history([bn_large_acc] * 10,
                                                train_eval_loss=[bn_large_loss] * 10))},
         }  # fmt: skip
-        return {"batch_sizes": [32, 128], "skipped": [], "searched_lr": True, "runs": runs}
+        return {"batch_sizes": [32, 128], "skipped": [], "searched_lr": True,
+                "train_size": 1280, "runs": runs}  # fmt: skip
 
-    assert BatchSize().verdict(numbers(0.88, 0.05)).status == HOLDS
+    # batch 128 makes 100 steps in 10 epochs, batch 32 as many by its epoch 3 (loss 0.3):
+    # at equal steps 0.2 fits as well, although batch 32 ends lower (0.1)
+    found = BatchSize().verdict(numbers(0.88, 0.2))
+    assert found.status == HOLDS
+    assert "after 100 steps: batch 128 0.2000 (10 epochs) vs batch 32 0.3000 (epoch 3" in (
+        found.summary
+    )
     # the larger batch does not optimize the training loss: the explanation fails
     assert BatchSize().verdict(numbers(0.88, 0.5)).status == FAILS
+    unsized = numbers(0.88, 0.2)
+    del unsized["train_size"]  # a result saved before the size was kept
+    assert BatchSize().verdict(unsized).status == INCONCLUSIVE
     # no dependence on the batch size with BN: the accuracy parts fail
     assert BatchSize().verdict(numbers(0.9205, 0.05)).status != HOLDS
