@@ -87,7 +87,9 @@ def main() -> None:
         x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
         found = {case: count_step(build(name, *spec), x, y) for case, spec in CASES.items()}
         reference = sum(sum(c.values()) for c in found["batch"].values())
-        print(f"\n## {name}\n\n| norm | forward | backward | step | total | / BN |\n|---|---|---|---|---|---|")
+        print(
+            f"\n## {name}\n\n| norm | forward | backward | step | total | / BN |\n|---|---|---|---|---|---|"
+        )
         for case, phases in found.items():
             sizes = [sum(phases[p].values()) for p in PHASES]
             print(f"| {case} | {' | '.join(map(str, sizes))} | {sum(sizes)} | "
