@@ -195,3 +195,15 @@ def test_demo_trains_evaluates_and_reports_both_runs(tmp_path, capsys, monkeypat
     stamp = (out / "batch" / "checkpoint.pt").stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0
     assert (out / "batch" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_train_with_nproc_runs_data_parallel_under_torchrun(tmp_path, capsys):
+    out = tmp_path / "ddp"
+    flags = ["--profile", "demo", "--width", "0.1", "--subset", "0.005", "--epochs", "1",
+             "--eval-size", "100", "--eval-train-size", "20", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(["train", "--nproc", "2", *flags]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["replicas"] == 2 and saved["complete"]
+    assert main(["train", "--nproc", "0", *flags]) == 2
+    assert "--nproc must be at least 1" in capsys.readouterr().err
+    assert main(["train", "--nproc", "2", "--norm", "nonsense", *flags]) == 2  # before launching

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,12 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if not args.resume:
+            _config(args)  # a bad flag is reported here, not once by every process
+        return _torchrun(args.nproc, args.argv)
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out DIR, the run directory to continue")
@@ -129,6 +135,22 @@ def _process_group(device: str) -> Iterator[str]:
         yield device
     finally:
         dist.destroy_process_group()
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Run `stochnorm ARGV` (its --nproc removed) under torchrun with `nproc` processes on
+    this machine; returns torchrun's exit status."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(nproc), "-m", "stochnorm", *rest]  # fmt: skip
+    return subprocess.run(command, check=False).returncode
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -337,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--out", help="run directory (default runs/PROFILE-DATASET-NORM-seedN)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument(
+        "--nproc", type=_number(int), default=1,
+        help="data-parallel training in this many processes on this machine: runs the same "
+        "command under `torchrun --standalone --nproc-per-node N` (default 1)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
