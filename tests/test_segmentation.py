@@ -261,6 +261,10 @@ def test_settings_of_the_other_task_are_refused():
     classes = Splits("x", images, images, images, (0.0,), (1.0,), ("a", "b"), "test")
     with pytest.raises(ConfigError, match="crop_size applies to segmentation"):
         check_task(TrainConfig(crop_size=8), classes)
+    with pytest.raises(ConfigError, match="allcnn predicts one class per image"):
+        check_task(TrainConfig(model="allcnn"), data)
+    with pytest.raises(ConfigError, match="fcn predicts a class per pixel"):
+        check_task(TrainConfig(model="fcn"), classes)
     with pytest.raises(ConfigError, match="unknown optimizer 'rmsprop'"):
         TrainConfig(optimizer="rmsprop")
     assert LR_RANGE["adam"][1] < LR_RANGE["sgd"][0] * 100

@@ -187,6 +187,14 @@ def check_task(cfg: TrainConfig, data: datasets.Splits) -> None:
         raise ConfigError("norm_batch applies to classification; a segmentation set has none")
     if not data.segmentation and cfg.crop_size is not None:
         raise ConfigError(f"crop_size applies to segmentation sets; {data.name} is not one")
+    per_pixel = models.SEGMENTATION_MODELS
+    if data.segmentation and cfg.model in models.MODELS and cfg.model not in per_pixel:
+        raise ConfigError(
+            f"{cfg.model} predicts one class per image; {data.name} has one per pixel: train a "
+            f"segmentation model ({', '.join(per_pixel)}, or your own factory)"
+        )
+    if not data.segmentation and cfg.model in per_pixel:
+        raise ConfigError(f"{cfg.model} predicts a class per pixel; {data.name} has one per image")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

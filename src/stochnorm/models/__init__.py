@@ -31,6 +31,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     ),
     "fcn": lambda c, k, *, padding, **options: _no_padding("fcn", padding) or FCN(c, k, **options),
 }
+SEGMENTATION_MODELS = ("fcn",)  # registered models that predict a class per pixel
 DEFAULT_PADDING = 1  # All-CNN-C's; the only value other models accept
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -108,6 +109,6 @@ def build(
 
 
 __all__ = [
-    "MODELS", "FCN", "AllCNN", "ResNet", "build", "check_model_name", "factory_name", "load_factory",
+    "MODELS", "SEGMENTATION_MODELS", "FCN", "AllCNN", "ResNet", "build", "check_model_name", "factory_name", "load_factory",
     "resnet20",
 ]  # fmt: skip
