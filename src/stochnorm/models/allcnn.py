@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from torch import Tensor, nn
+from torch import nn
 
-from .. import analytic
 from ..errors import ConfigError
-from ..norms import DEFAULT_GROUPS, Norm, make_norm, needs_bias
+from ..norms import DEFAULT_GROUPS, Norm
+from .blocks import NormalizedSequential, conv_block
 
 # (output channels, kernel size, stride, padded) of the nine conv layers; the last one has as
 # many outputs as there are classes. The seventh conv is never padded (Springenberg's "valid").
@@ -19,7 +19,7 @@ LAYERS = (
 )  # fmt: skip
 
 
-class AllCNN(nn.Sequential):
+class AllCNN(NormalizedSequential):
     """All-CNN-C: nine conv layers, each followed by a normalization and (all but the last)
     by a leaky ReLU of slope 0.01, then global average pooling and log-softmax.
 
@@ -52,27 +52,12 @@ class AllCNN(nn.Sequential):
         channels = in_channels
         for i, (out, kernel, stride, padded) in enumerate(LAYERS, start=1):
             out = num_classes if out is None else max(1, round(out * width))
-            conv = nn.Conv2d(
-                channels, out, kernel, stride, padding=padding if padded else 0,
-                bias=needs_bias(norm),
+            blocks[f"layer{i}"] = conv_block(
+                channels, out, kernel, norm, stride=stride, padding=padding if padded else 0,
+                negative_slope=negative_slope if i < len(LAYERS) else None, groups=groups,
             )  # fmt: skip
-            block = nn.Sequential()
-            block.add_module("conv", conv)
-            block.add_module("norm", make_norm(norm, out, conv, groups=groups))
-            if i < len(LAYERS):
-                block.add_module("act", nn.LeakyReLU(negative_slope))
-            blocks[f"layer{i}"] = block
             channels = out
         blocks["pool"] = nn.AdaptiveAvgPool2d(1)
         blocks["flatten"] = nn.Flatten()
         blocks["log_softmax"] = nn.LogSoftmax(dim=1)
-        super().__init__(blocks)
-        self.norm = norm
-        self.width = width
-        if norm is Norm.ANALYTIC:
-            analytic.attach(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor) and x.ndim != 4:  # (skipped while torch.fx traces)
-            raise ValueError(f"AllCNN expects images [B, C, H, W], got shape {tuple(x.shape)}")
-        return super().forward(x)
+        super().__init__(blocks, norm, width)

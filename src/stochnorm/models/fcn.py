@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from torch import Tensor, nn
+from torch import nn
 
-from .. import analytic
 from ..errors import ConfigError
-from ..norms import DEFAULT_GROUPS, Norm, make_norm, needs_bias
+from ..norms import DEFAULT_GROUPS, Norm
+from .blocks import NormalizedSequential, conv_block
 
 # The output channels of the 9x9 convs, stage by stage (a pooling after each stage).
 STAGES = ((64, 64), (32, 32), (16, 16), (8, 8, 8), (4, 4))
@@ -18,7 +18,7 @@ KERNEL = 9
 POOL = 3
 
 
-class FCN(nn.Sequential):
+class FCN(NormalizedSequential):
     """Appendix A.2's network: 9x9 convs with "same" zero padding, each followed by a
     normalization and a leaky ReLU of slope 0.01 (the activation of All-CNN here: the
     paper's listing names "Softmax" as the activation, which we read as a slip), a 3x3
@@ -45,32 +45,20 @@ class FCN(nn.Sequential):
         norm = Norm.parse(norm)
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
         channels, index = in_channels, 0
-
-        def block(out: int, kernel: int, act: bool) -> nn.Sequential:
-            conv = nn.Conv2d(channels, out, kernel, padding=kernel // 2, bias=needs_bias(norm))
-            layers = [("conv", conv), ("norm", make_norm(norm, out, conv, groups=groups))]
-            if act:
-                layers.append(("act", nn.LeakyReLU(negative_slope)))
-            return nn.Sequential(OrderedDict(layers))
-
         for stage, outs in enumerate(STAGES, start=1):
             for out in outs:
                 index += 1
                 out = max(1, round(out * width))
-                blocks[f"layer{index}"] = block(out, KERNEL, act=True)
+                blocks[f"layer{index}"] = conv_block(
+                    channels, out, KERNEL, norm, padding=KERNEL // 2,
+                    negative_slope=negative_slope, groups=groups,
+                )  # fmt: skip
                 channels = out
             blocks[f"pool{stage}"] = nn.AvgPool2d(
                 POOL, stride=1, padding=POOL // 2, count_include_pad=False
             )
-        blocks[f"layer{index + 1}"] = block(num_classes, 1, act=False)
+        blocks[f"layer{index + 1}"] = conv_block(
+            channels, num_classes, 1, norm, negative_slope=None, groups=groups
+        )
         blocks["log_softmax"] = nn.LogSoftmax(dim=1)
-        super().__init__(blocks)
-        self.norm = norm
-        self.width = width
-        if norm is Norm.ANALYTIC:
-            analytic.attach(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor) and x.ndim != 4:  # (skipped while torch.fx traces)
-            raise ValueError(f"FCN expects images [B, C, H, W], got shape {tuple(x.shape)}")
-        return super().forward(x)
+        super().__init__(blocks, norm, width)
