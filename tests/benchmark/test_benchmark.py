@@ -7,6 +7,7 @@ from stochnorm import metrics
 from stochnorm.benchmark import Benchmark, Regime, Sizes, run_benchmark
 from stochnorm.benchmark.grid import REFERENCE_BATCH, REGIMES, narrowed, regime
 from stochnorm.benchmark.results import (
+    collect,
     comparisons,
     entries,
     paired,
@@ -82,6 +83,23 @@ def test_a_second_benchmark_trains_and_measures_nothing(done):
     again = run_benchmark(tiny_bench(bench.out), "test", samples=2, sizes=SIZES, train=False)
     assert again["cells"] == numbers["cells"]
     assert saved == {p: p.stat().st_mtime_ns for p in saved}
+
+
+def test_measured_cells_stand_without_their_checkpoints(done, tmp_path):
+    bench, numbers = done
+    checkpoints = sorted(bench.out.glob("runs/*/checkpoint.pt"))
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for i, path in enumerate(checkpoints):  # as on a machine that did not train them
+        path.rename(kept / f"{i}.pt")
+    try:
+        again = collect(tiny_bench(bench.out), samples=2, sizes=SIZES, train=False)
+        assert again["cells"] == numbers["cells"] and not again["unusable"]
+        other = collect(tiny_bench(bench.out), samples=3, sizes=SIZES, train=False)
+        assert other["unusable"] and "no checkpoint here" in other["unusable"][0]
+    finally:
+        for i, path in enumerate(checkpoints):
+            (kept / f"{i}.pt").rename(path)
 
 
 def test_unfinished_cells_are_reported_missing_not_trained(tmp_path):

@@ -206,8 +206,7 @@ def write_benchmark(numbers: Mapping[str, Any], out: Path, command: str) -> Path
         "",
     ]
     if numbers.get("unusable"):
-        lines += [f"Runs with nothing to measure (diverged before their first epoch ended): "
-                  f"{', '.join(numbers['unusable'])}.", ""]  # fmt: skip
+        lines += [f"Runs with nothing to measure: {', '.join(numbers['unusable'])}.", ""]
     diverged = [f"{r} {m} (seeds {', '.join(map(str, c['diverged']))})"
                 for r, ms in numbers["cells"].items() for m, c in ms.items() if c["diverged"]]  # fmt: skip
     if diverged:

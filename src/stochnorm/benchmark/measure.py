@@ -164,6 +164,21 @@ def measure_mode(
 STEPS_PER_MODE = 3 + len(CORRUPTIONS)  # validation, test, each corruption, digits
 
 
+def saved_measurement(
+    run: RunDir, *, samples: int = 10, sizes: Sizes = DEFAULT_SIZES, seed: int = 0
+) -> dict[str, Any] | None:
+    """The measurements kept in `run`'s benchmark.json if they were made with these settings
+    (they stand without the run's checkpoint, which stays on the machine that trained it),
+    else None."""
+    settings = {"version": VERSION, "samples": samples, **asdict(sizes), "seed": seed}
+    path = run.path / FILE
+    if path.is_file():
+        saved = load_json(path)
+        if saved.get("settings") == settings:
+            return saved
+    return None
+
+
 def measure_run(
     run: RunDir,
     *,
@@ -175,12 +190,11 @@ def measure_run(
 ) -> dict[str, Any]:
     """The measurements of every prediction mode of the finished run `run`, computed once per
     settings and kept in its `benchmark.json`."""
+    saved = saved_measurement(run, samples=samples, sizes=sizes, seed=seed)
+    if saved is not None:
+        return saved
     settings = {"version": VERSION, "samples": samples, **asdict(sizes), "seed": seed}
     path = run.path / FILE
-    if path.is_file():
-        saved = load_json(path)
-        if saved.get("settings") == settings:
-            return saved
     cfg, data, model = load_run(run.path, device=device)
     modes = predictors(model, data, cfg, samples, seed, device)
     bar = tqdm(total=len(modes) * STEPS_PER_MODE, desc=f"measure {run.name}", unit="step",

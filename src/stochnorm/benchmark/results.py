@@ -19,7 +19,7 @@ from ..labels import parse_label
 from ..provenance import provenance
 from ..stats import mean_and_error
 from .grid import BASELINES, PRIMARY, Benchmark
-from .measure import DEFAULT_SIZES, Sizes, measure_run
+from .measure import DEFAULT_SIZES, Sizes, measure_run, saved_measurement
 
 SEED_RULE = (
     "paired by seed: mean difference d of seed k minus seed k and its standard error SE over "
@@ -80,11 +80,15 @@ def collect(
             continue
         paths.append(run.path)
         metrics = run.metrics()
-        if not run.checkpoint_path.exists():  # diverged before its first epoch ended
-            unusable.append(f"{cell.name} ({metrics.get('diverged') or 'no checkpoint'})")
+        measured = saved_measurement(run, samples=samples, sizes=sizes)
+        if measured is None and not run.checkpoint_path.exists():
+            why = "diverged before its first epoch ended" if metrics.get("diverged") else (
+                "no checkpoint here to measure it from")  # fmt: skip
+            unusable.append(f"{cell.name} ({why})")
             continue
-        measured = measure_run(run, samples=samples, sizes=sizes,
-                               device=bench.device, progress=bench.progress)  # fmt: skip
+        if measured is None:
+            measured = measure_run(run, samples=samples, sizes=sizes,
+                                   device=bench.device, progress=bench.progress)  # fmt: skip
         method = cells.setdefault(cell.regime.name, {}).setdefault(cell.method, {
             "lr": run.config().lr, "runs": [], "train_seconds": [], "diverged": [],
             "entries": {},
