@@ -181,10 +181,14 @@ def _print_final(out: Path | str, metrics: dict[str, Any]) -> None:
         print(f"diverged{reason}; {kept}: {out}")
     else:
         print(f"done: {out}")
-    for split, m in metrics.get("final", {}).items():
+    final = metrics.get("final", {})
+    for split, m in final.items():
+        if split == "test" and "iou" in m and m == final.get("val"):
+            continue  # a segmentation set's test split is its validation split
+        pixels = f"  IoU {m['iou']:.4f}  Dice {m['dice']:.4f}" if "iou" in m else ""
         print(
             f"  {split}: accuracy {100 * m['accuracy']:.2f}%  NLL {m['nll']:.4f}  "
-            f"ECE {m['ece']:.4f}  Brier {m['brier']:.4f}"
+            f"ECE {m['ece']:.4f}  Brier {m['brier']:.4f}{pixels}"
         )
 
 
