@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from .corruptions import deform, elastic_field
-from .splits import Split, Splits
+from .splits import Split, Splits, channel_statistics, standardized
 
 # The deformation of a training crop: a smooth random displacement field (white noise
 # blurred by a Gaussian of std SMOOTHNESS pixels) with an rms displacement of AMPLITUDE
@@ -106,17 +106,14 @@ def split_segmentation(
         n_val = min(len(x) - 1, max(1, round(val_fraction * len(x))))
         val_idx, train_idx = order[:n_val], order[n_val:]
         train_x, train_y, val_x, val_y = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
-    mean = train_x.mean(axis=(0, 2, 3))
-    std = train_x.std(axis=(0, 2, 3)) + 1e-8
+    mean, std = channel_statistics(train_x)
 
-    def standardized(images: np.ndarray, masks: np.ndarray) -> Split:
-        z = (images - mean[:, None, None]) / std[:, None, None]
-        return Split(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)),
-                     torch.from_numpy(np.ascontiguousarray(masks)))  # fmt: skip
+    def pair(images: np.ndarray, masks: np.ndarray) -> Split:
+        return Split(standardized(images, mean, std), torch.from_numpy(np.ascontiguousarray(masks)))
 
-    val = standardized(val_x, val_y)
+    val = pair(val_x, val_y)
     return Splits(
-        name=raw.name, train=standardized(train_x, train_y), val=val, test=val,
+        name=raw.name, train=pair(train_x, train_y), val=val, test=val,
         mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
         classes=raw.classes, source=raw.source,
     )  # fmt: skip

@@ -63,6 +63,20 @@ class Splits:
         return -torch.tensor(self.mean) / torch.tensor(self.std)
 
 
+def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (plus 1e-8) of `images` [N, C, H, W]."""
+    return images.mean(axis=(0, 2, 3)), images.std(axis=(0, 2, 3)) + 1e-8
+
+
+def standardized(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> Tensor:
+    """`images` [N, C, H, W] (uint8 read as [0, 1]) standardized per channel: a float32
+    tensor of (x - mean) / std."""
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    z = (images - mean[:, None, None]) / std[:, None, None]
+    return torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+
+
 def split(
     raw: RawDataset, *, subset: float = 1.0, split_seed: int = 0, val_fraction: float = 0.1
 ) -> Splits:
@@ -79,12 +93,10 @@ def split(
     val_idx, train_idx = order[:n_val], order[n_val:]
     train_idx = train_idx[: max(1, int(round(subset * len(train_idx))))]
     train_x = raw.train_x[train_idx].astype(np.float32) / 255.0
-    mean = train_x.mean(axis=(0, 2, 3))
-    std = train_x.std(axis=(0, 2, 3)) + 1e-8
+    mean, std = channel_statistics(train_x)
 
     def standardize(x: np.ndarray) -> Tensor:
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
-        return torch.from_numpy((x - mean[:, None, None]) / std[:, None, None])
+        return standardized(x, mean, std)
 
     return Splits(
         name=raw.name,
