@@ -11,7 +11,7 @@ from stochnorm.experiments import Lab
 from stochnorm.experiments.main_protocol import (
     SeedSpread,
 )
-from stochnorm.experiments.verdicts import SEED_RULE
+from stochnorm.experiments.verdicts import TAIL_SEED_RULE
 from tests.conftest import REPRODUCE_TINY
 
 
@@ -125,11 +125,11 @@ def test_reproduce_with_seeds_decides_on_paired_seed_differences(tmp_path, capsy
     for label in ("batch", "none"):
         assert [s["seed"] for s in record["numbers"][label]["seeds"]] == [0, 1]
     accuracy = record["verdict"]["parts"][1]
-    assert accuracy["rule"] == SEED_RULE and "over 2 seeds" in accuracy["summary"]
+    assert accuracy["rule"] == TAIL_SEED_RULE and "over 2 seeds" in accuracy["summary"]
     report = tmp_path / "REPRODUCTION.md"
     assert main(["report", "--reproduction", str(out), "--out", str(report)]) == 0
     text = report.read_text()
     assert "## fig1-bn-generalization (demo, 2 seeds, width=0.1" in text
-    assert f"- rule: {SEED_RULE}" in text
+    assert f"- rule: {TAIL_SEED_RULE}" in text
     assert "--profile demo --seeds 2 --width 0.1" in text
     assert main([*argv[: -len(REPRODUCE_TINY)], "--seeds", "0", *REPRODUCE_TINY]) == 2

@@ -11,12 +11,12 @@ from typing import Any
 from ..checkpoint import atomic_write
 from ..config import PROFILES
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
+from ..experiments.verdicts import SEED_RULE
 from ..plots import plot_reliability, plot_seed_means, plot_severity_curves
 from ..stats import mean_and_error
 from .grid import LR_PROFILE, NOISE, PRIMARY, REFERENCE_BATCH
 from .results import (
     METRICS,
-    SEED_RULE,
     by_side,
     comparisons,
     entries,

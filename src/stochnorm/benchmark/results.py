@@ -1,6 +1,6 @@
 """The benchmark's numbers: every cell trained and measured, gathered per regime, method and
 prediction mode over seeds, and each stochnorm method compared with the strongest baseline
-by paired seed differences (SEED_RULE).
+by paired seed differences (experiments.verdicts.SEED_RULE).
 
 An *entry* is a method with one of its prediction modes ("batch", "batch MC-BN-10",
 "analytic-proj-bayes-f30 MC-10", ...). Seed k of one entry is paired with seed k of another
@@ -20,12 +20,6 @@ from ..provenance import provenance
 from ..stats import mean_and_error
 from .grid import BASELINES, PRIMARY, Benchmark
 from .measure import DEFAULT_SIZES, Sizes, measure_run, saved_measurement
-
-SEED_RULE = (
-    "paired by seed: mean difference d of seed k minus seed k and its standard error SE over "
-    "seeds; better when d beats 0 by more than 2 SE in the metric's good direction, worse when "
-    "it is beyond 2 SE the other way, inconclusive between (or with fewer than 2 pairs)"
-)
 
 # name -> (path into a mode's measurements, higher is better, heading)
 METRICS: dict[str, tuple[tuple[str, ...], bool, str]] = {
@@ -178,7 +172,7 @@ def seed_mean(entry: Mapping[str, Any], metric: str) -> float:
 
 
 def paired(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> dict[str, Any]:
-    """Entry a minus entry b in `metric`, paired by seed, with the verdict of SEED_RULE."""
+    """Entry a minus entry b in `metric`, paired by seed, with the verdict of verdicts.SEED_RULE."""
     higher = METRICS[metric][1]
     va, vb = values(a, metric), values(b, metric)
     common = sorted(set(va) & set(vb))

@@ -72,9 +72,12 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
 
 
 SEED_RULE = (
-    "paired seeds: the mean over seeds of the difference of the two runs' last-10-epoch means "
-    "against 2 standard errors of that mean (holds above +2 SE, does not hold below -2 SE)"
+    "paired seeds: the mean over seeds of the difference of the two runs' final values against "
+    "2 standard errors of that mean (holds, or better, beyond +2 SE in the claimed direction; "
+    "does not hold, or worse, beyond 2 SE the other way; inconclusive between, or with fewer "
+    "than 2 pairs)"
 )
+TAIL_SEED_RULE = SEED_RULE.replace("final values", "last-10-epoch means")
 TOLERANCE_RULE = (
     "one seed: a test-set difference against a fixed tolerance (an accuracy: the binomial "
     "standard error of the difference; an NLL: 2% of it)"
@@ -111,7 +114,7 @@ def tail_difference(
     """(margin in favour of `better`, its noise, the two means, the rule, seeds) for `key`
     over the last TAIL epochs; `lower`: smaller values are better. With two or more seeds of
     each run (paired by seed) the margin is the mean paired difference and the noise twice
-    its standard error (SEED_RULE); with one, the difference of the tail means against the
+    its standard error (TAIL_SEED_RULE); with one, the difference of the tail means against the
     larger iterate spread (ITERATE_RULE)."""
     sign = -1.0 if lower else 1.0
     a, b = _seed_values(numbers[better], key), _seed_values(numbers[worse], key)
@@ -120,7 +123,7 @@ def tail_difference(
         margin, noise, common = paired
         ma = mean_and_error([a[s] for s in common])[0]
         mb = mean_and_error([b[s] for s in common])[0]
-        return sign * margin, noise, ma, mb, SEED_RULE, len(common)
+        return sign * margin, noise, ma, mb, TAIL_SEED_RULE, len(common)
     ha, hb = numbers[better]["history"], numbers[worse]["history"]
     ma, mb = tail_mean(ha, key, TAIL), tail_mean(hb, key, TAIL)
     noise = max(iterate_spread(ha, key, TAIL), iterate_spread(hb, key, TAIL))
