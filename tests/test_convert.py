@@ -89,6 +89,28 @@ def test_analytic_resnet_trains_at_batch_size_one():
     assert new.conv1.weight.grad is not None and new.conv1.weight.grad.abs().sum() > 0
 
 
+def test_convert_measures_analytic_input_moments_from_sample_inputs():
+    """With sample inputs, the first normalized layer's statistics are exact: they equal the
+    mean and std of the conv's outputs measured on those inputs (ResNet: conv1 -> bn1)."""
+    torch.manual_seed(2)
+    smooth = nn.functional.avg_pool2d(torch.randn(64, 3, 18, 18), 3, stride=1)  # correlated
+    x = 3.0 + 2.0 * smooth / smooth.std()
+    source = _trained_bn_resnet()
+    with torch.no_grad():
+        u = source.conv1(x)
+    var, mean = torch.var_mean(u, (0, 2, 3), correction=0)
+    for inputs, close in ((x, True), (None, False)):
+        new = convert(source, "analytic", inputs=inputs).eval()
+        if inputs is None:
+            new.train()(x[:2])  # statistics from the default moments (standardized inputs)
+            new.eval()
+        layer = new.bn1
+        matches = torch.allclose(layer.mu, mean, rtol=1e-4, atol=1e-4) and torch.allclose(
+            layer.sigma, var.sqrt(), rtol=1e-4
+        )
+        assert matches is close
+
+
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_fold_equals_the_eval_model(norm):
     torch.manual_seed(1)

@@ -101,7 +101,7 @@ def test_model_names_are_checked_where_they_enter():
 
 def test_what_a_model_cannot_do_is_named(cifar_shaped):
     pooled = "tests.resnet:pooled_mlp"  # its first operation on the input is a pooling
-    with pytest.raises(ConfigError, match="exact_first_layer needs a Conv2d.*no-exact-first-layer"):
+    with pytest.raises(ConfigError, match="exact first layer needs a Conv2d.*no-exact-first-layer"):
         train(TrainConfig(model=pooled, norm="analytic", **TINY), data=cifar_shaped,
               progress=False)  # fmt: skip
     cfg = TrainConfig(model=pooled, norm="analytic", exact_first_layer=False, **TINY)

@@ -429,6 +429,24 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
+def input_moments(
+    model: nn.Module, x: Tensor, *, exact_first_layer: bool = True
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """The moments analytic norm starts from, measured on sample inputs `x` [N, C, ...]: per
+    channel mean and variance, and with `exact_first_layer` the mean and covariance of the
+    patches that the model's first layer (a Conv2d reading the input) sees (else None)."""
+    var, mean = torch.var_mean(x, (0, *range(2, x.ndim)), correction=0)
+    if not exact_first_layer:
+        return mean, var, None
+    found = first_layer(model)
+    if found is None or not isinstance(found[1], nn.Conv2d):
+        what = "no conv/linear" if found is None else type(found[1]).__name__
+        raise ValueError(
+            f"an exact first layer needs a Conv2d reading the input; this model starts with {what}"
+        )
+    return mean, var, patch_moments(x, found[1])
+
+
 def _reads_input(node: fx.Node, module: nn.Module) -> bool:
     """Whether the call of `module` at `node` is a conv/linear layer applied to the model's
     input itself (the layer whose output moments the input patches make exact)."""

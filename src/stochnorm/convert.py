@@ -65,6 +65,7 @@ def convert(
     *,
     input_mean: torch.Tensor | float = 0.0,
     input_var: torch.Tensor | float = 1.0,
+    inputs: torch.Tensor | None = None,
     groups: int = DEFAULT_GROUPS,
     strict: bool = True,
     **noise_options,
@@ -73,7 +74,10 @@ def convert(
     follows a conv/linear layer becomes the normalization `norm`, bound to that layer. The
     affine parameters (s, b) are copied; BN's running statistics are kept where the new
     normalization has them. For `norm="analytic"`, moments are propagated from the given
-    per-channel input moments (defaults: standardized inputs); `groups` is group norm's G.
+    per-channel input moments (defaults: standardized inputs), or from sample `inputs`
+    [N, C, H, W] (e.g. a few hundred training images): their measured per-channel moments,
+    the first conv's output moments exact from their patch covariance, and the statistics
+    set at once for their size; `groups` is group norm's G.
     `norm="none"` is `fold`.
     `noise` ("bn-like" or "bayes") adds noise after every new normalization, with
     `noise_options` passed to `stochnorm.bayes.add_noise`. The source's `eps` (and a batch
@@ -112,7 +116,11 @@ def convert(
                 replacement.running_var.copy_(old.running_var)
         replacement.train(old.training)
         _set_submodule(new, norm_name, _with_what_follows(replacement, old))
-    if norm is Norm.ANALYTIC:
+    if norm is Norm.ANALYTIC and inputs is not None:
+        mean, var, patches = analytic.input_moments(new, inputs)
+        size = tuple(inputs.shape[2:])
+        analytic.attach(new, mean, var, channels=inputs.shape[1], size=size, input_patches=patches)
+    elif norm is Norm.ANALYTIC:
         analytic.attach(new, input_mean, input_var)
     else:
         analytic.detach(new)

@@ -139,22 +139,13 @@ def measured_input_moments(
     """Per-channel mean and variance of the training inputs as training sees them, the
     first layer's patch moments when `exact_first_layer` (else None), and the image size."""
     x = training_inputs(data, cfg)
-    var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
-    patches = first_layer_patches(model, x) if cfg.exact_first_layer else None
-    return mean, var, patches, tuple(x.shape[2:])
-
-
-def first_layer_patches(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The mean and covariance of the input patches that the model's first layer (a 2-d
-    conv reading the input) sees in the images `x`: analytic norm's exact first layer."""
-    found = analytic.first_layer(model)
-    if found is None or not isinstance(found[1], nn.Conv2d):
-        what = "no conv/linear" if found is None else type(found[1]).__name__
-        raise ConfigError(
-            f"exact_first_layer needs a Conv2d reading the input; this model starts with "
-            f"{what}: train it with --no-exact-first-layer"
+    try:
+        mean, var, patches = analytic.input_moments(
+            model, x, exact_first_layer=cfg.exact_first_layer
         )
-    return analytic.patch_moments(x, found[1])
+    except ValueError as exc:
+        raise ConfigError(f"{exc}: train it with --no-exact-first-layer") from None
+    return mean, var, patches, tuple(x.shape[2:])
 
 
 def training_inputs(data: datasets.Splits, cfg: TrainConfig, count: int = 10_000) -> Tensor:
