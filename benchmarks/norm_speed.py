@@ -13,48 +13,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
-from torch.nn import functional as F
+from timing import eval_step, interleaved, train_step
 
 from stochnorm import AllCNN
 from stochnorm.convert import fold
 from stochnorm.provenance import hardware
 
 NORMS = ("batch", "weight", "analytic", "population", "none")
-
-
-def _train_step(model, optimizer, x, y):
-    def step():
-        loss = F.nll_loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def _eval_step(model, x):
-    @torch.no_grad()
-    def step():
-        model(x)
-
-    return step
-
-
-def _interleaved(steps: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -73,18 +40,15 @@ def main() -> None:
             x = torch.randn(batch, 1, 28, 28)
             y = torch.randint(0, 10, (batch,))
             models = {n: AllCNN(1, 10, width=width, norm=n).train() for n in NORMS}
-            steps = {
-                n: _train_step(m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9), x, y)
-                for n, m in models.items()
-            }
-            train = _interleaved(steps, args.repeats)
+            steps = {n: train_step(m, x, y) for n, m in models.items()}
+            train = interleaved(steps, args.repeats)
             for m in models.values():
                 m.eval()
-            evals = _interleaved(
+            evals = interleaved(
                 {
-                    "plain": _eval_step(models["none"], x),
-                    "bn": _eval_step(fold(models["batch"]), x),
-                    "analytic": _eval_step(fold(models["analytic"]), x),
+                    "plain": eval_step(models["none"], x),
+                    "bn": eval_step(fold(models["batch"]), x),
+                    "analytic": eval_step(fold(models["analytic"]), x),
                 },
                 args.repeats,
             )

@@ -111,6 +111,22 @@ def test_convert_measures_analytic_input_moments_from_sample_inputs():
         assert matches is close
 
 
+@pytest.mark.parametrize("noise", ["bayes", "bn-like"])
+def test_fold_of_a_model_with_noise_equals_its_eval_mode(noise):
+    """The noise belongs to its normalization: folding drops both, leaving the eval model's
+    deterministic function (noise off in eval mode)."""
+    model = convert(_trained_bn_resnet(), "analytic", noise).train()
+    x = torch.randn(4, 3, 16, 16)
+    model(x)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold(model)
+        got = folded(x)
+    assert not normalizations(folded)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_fold_equals_the_eval_model(norm):
     torch.manual_seed(1)

@@ -132,7 +132,10 @@ def convert(
 def _with_what_follows(replacement: nn.Module, old: nn.Module) -> nn.Module:
     """`replacement`, followed by the submodules of a batch norm fused with what comes after
     it (timm's BatchNormAct2d: drop, then act), in their order; a plain batch norm has
-    none."""
+    none, and stochnorm's own normalizations neither (their children, e.g. attached noise,
+    are part of them)."""
+    if isinstance(old, _Normalization):
+        return replacement
     after = [m for m in old.children() if not isinstance(m, nn.Identity)]
     return nn.Sequential(replacement, *after) if after else replacement
 
@@ -175,6 +178,23 @@ def _eval_statistics(norm: _Normalization, layer: nn.Module) -> tuple[torch.Tens
 
 
 @torch.no_grad()
+def _eval_affine(norm: _Normalization) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, c) such that `norm` outputs a * z + c for its normalized z in evaluation mode:
+    its (s, b), or what its attached noise makes of them with the noise off (learned scale
+    noise: (z + b) s, so a = s, c = b s)."""
+    if norm.noise is None:
+        return norm.weight, norm.bias
+    was_training = norm.noise.training
+    norm.noise.eval()
+    try:
+        zero = torch.zeros(1, norm.num_features, device=norm.weight.device)
+        shift = norm.noise(zero, norm.weight, norm.bias)[0]
+        return norm.noise(zero + 1, norm.weight, norm.bias)[0] - shift, shift
+    finally:
+        norm.noise.train(was_training)
+
+
+@torch.no_grad()
 def fold(model: nn.Module) -> nn.Module:
     """A plain inference copy of `model`: every normalization, with its evaluation-mode
     statistics and affine, is folded into the conv/linear layer before it,
@@ -194,7 +214,7 @@ def fold(model: nn.Module) -> nn.Module:
             )
         if isinstance(norm, _Normalization):
             mu, sigma = _eval_statistics(norm, layer)
-            scale, shift = norm.weight, norm.bias
+            scale, shift = _eval_affine(norm)
         else:  # PyTorch's batch norm
             mu, sigma = norm.running_mean, (norm.running_var + norm.eps).sqrt()
             scale = norm.weight if norm.weight is not None else torch.ones_like(mu)
