@@ -25,6 +25,7 @@ from .errors import ConfigError, StochnormError
 from .evaluation import diagnose_analytic, evaluate_run, load_run, measure_bn_noise
 from .experiments import PAPERS, Lab, registry, reproduce
 from .experiments.parallel import planned_runs, train_in_parallel
+from .experiments.verdicts import claim_sentence
 from .labelled import bn_like_sigmas, run_labels
 from .lr_search import lr_find
 from .plots import plot_bn_noise
@@ -268,7 +269,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     for name in names:
         record = reproduce(experiments[name], lab, out / name)
         verdict = record["verdict"]
-        print(f"{name} ({record['figure']}, {args.profile}): the claim {verdict['status']}")
+        print(f"{name} ({record['figure']}, {args.profile}): {claim_sentence(verdict['status'])}")
         print(f"  {verdict['summary']}")
         print(f"  {out / name}")
     return 0

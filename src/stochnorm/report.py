@@ -12,7 +12,7 @@ from typing import Any
 from .errors import RunDirError
 from .experiments import PAPERS, load_result, registry
 from .experiments.base import RESULT_FILE
-from .experiments.verdicts import FAILS
+from .experiments.verdicts import FAILS, claim_sentence
 from .plots import plot_curves, plot_error_coverage
 from .runs import RunDir
 
@@ -246,7 +246,7 @@ def write_reproduction_report(
             "",
             f"**Paper** ({PAPERS[r['paper']]}, {r['figure']}): {r['claim']}",
             "",
-            f"**Verdict: the claim {r['verdict']['status']}.**",
+            f"**Verdict: {claim_sentence(r['verdict']['status'])}.**",
             "",
             *[f"- {p['status']}: {p['summary']}" for p in _verdict_parts(r["verdict"])],
             *[f"- rule: {rule}" for rule in _rules(r["verdict"])],

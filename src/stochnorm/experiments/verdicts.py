@@ -11,6 +11,12 @@ from ..stats import iterate_spread, mean_and_error, tail_mean
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
+
+def claim_sentence(status: str) -> str:
+    """ "the claim holds", "the claim does not hold", "the claim is inconclusive"."""
+    return f"the claim {'is ' if status == INCONCLUSIVE else ''}{status}"
+
+
 TAIL = 10  # epochs over which end points are averaged (stats.tail_mean's default)
 
 
