@@ -89,6 +89,23 @@ def test_analytic_resnet_trains_at_batch_size_one():
     assert new.conv1.weight.grad is not None and new.conv1.weight.grad.abs().sum() > 0
 
 
+def test_population_norm_continues_from_the_converted_batch_norms_estimates():
+    """The source's estimates and their age carry over: the first training batch of the
+    converted population norm (one image) is normalized with BN's running statistics, as
+    torch's BN in eval mode does, instead of restarting the estimates from that image."""
+    model = _trained_bn_resnet()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 16, 16))
+    new = convert(model, "population").train()
+    assert torch.equal(new.bn1.num_batches_tracked, model.bn1.num_batches_tracked)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        got = new(x)
+        expected = model.eval()(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_convert_measures_analytic_input_moments_from_sample_inputs():
     """With sample inputs, the first normalized layer's statistics are exact: they equal the
     mean and std of the conv's outputs measured on those inputs (ResNet: conv1 -> bn1)."""

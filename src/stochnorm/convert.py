@@ -114,6 +114,9 @@ def convert(
             ):
                 replacement.running_mean.copy_(old.running_mean)
                 replacement.running_var.copy_(old.running_var)
+                tracked = getattr(old, "num_batches_tracked", None)
+                if tracked is not None:  # the estimates' age: population norm's first batch
+                    replacement.num_batches_tracked.copy_(tracked)  # and momentum=None's average
         replacement.train(old.training)
         _set_submodule(new, norm_name, _with_what_follows(replacement, old))
     if norm is Norm.ANALYTIC and inputs is not None:
