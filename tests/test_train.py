@@ -44,6 +44,19 @@ def test_run_directory_contents(tmp_path, tiny_fashion):
         assert torch.equal(a, b)
 
 
+def test_a_config_the_data_refuses_leaves_the_run_directory_empty(tmp_path, tiny_fashion):
+    """The data-time check fails before anything is written, so the corrected command can
+    use the same directory."""
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.raises(ConfigError, match="crop_size applies to segmentation"):
+        train(TrainConfig(**TINY, crop_size=8), out, data=tiny_fashion, progress=False)
+    assert list(out.iterdir()) == []
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    train(cfg, out, data=tiny_fashion, progress=False)
+    assert RunDir(out).config() == cfg
+
+
 def test_training_reduces_the_loss(tiny_fashion):
     cfg = TrainConfig(**{**TINY, "epochs": 4, "eval_train_size": 256})
     history = train(cfg, data=tiny_fashion, progress=False).metrics["history"]

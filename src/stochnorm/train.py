@@ -230,12 +230,14 @@ def train(
         )
     run = RunDir(out) if out is not None else None
     if run is not None and replicas.main:
-        _prepare_run_dir(run, cfg, resume)
-    replicas.barrier()  # the run directory is ready before any process reads it
+        _check_run_dir(run, cfg, resume)
     if data is None:
         data = prepare_data(cfg)
     check_task(cfg, data)
     model = build_model(cfg, data).to(device)
+    if run is not None and replicas.main and not resume:  # only a config that can train
+        save_json(cfg.to_dict(), run.config_path)
+    replicas.barrier()  # the run directory is ready before any process reads it
     optimizer = make_optimizer(cfg, model)
     if cfg.project:
         after_step = [project_, *after_step]
@@ -484,7 +486,9 @@ def _diverged_at_once(run: RunDir) -> str | None:
     return saved.get("divergence", "non-finite training loss")
 
 
-def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
+def _check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
+    """Refuse a run directory that `cfg` cannot start or resume in (training writes its
+    config.json once the data and the model are built)."""
     at_once = _diverged_at_once(run)
     if at_once is not None:
         raise RunDirError(
@@ -502,7 +506,6 @@ def _prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
         raise RunDirError(
             f"{run.path} is not empty; pass --resume to continue it or choose another --out"
         )
-    save_json(cfg.to_dict(), run.config_path)
 
 
 def _describe(data: datasets.Splits) -> dict[str, Any]:
