@@ -1,6 +1,7 @@
 """Segmentation: the FCN of appendix A.2, the readers (TIFF, DIC-HeLa archive, folder), the
 crops and their joint augmentation, the per-pixel metrics and KL, and training at batch 1."""
 
+import importlib
 import io
 import json
 import math
@@ -289,3 +290,20 @@ def test_the_fig9_verdict_pairs_seeds_against_both_baselines():
     assert [p.status for p in fails.parts] == [FAILS, HOLDS]
     assert any("analytic-proj-bayes-k0.1 (mc10, 3 seeds" in n for n in fails.notes)
     json.dumps(fails.to_dict())
+
+
+def test_the_validation_region_is_predicted_once_for_val_and_test(monkeypatch):
+    """A segmentation set's test split is its validation split: the final metrics predict
+    it once and report it under both names."""
+    training = importlib.import_module("stochnorm.train")  # the module (not the function)
+    data = cell_splits(3, 24)
+    assert data.test is data.val
+    cfg = TrainConfig(norm="batch", batch_size=1, **TINY)
+    model = training.build_model(cfg, data)
+    calls = []
+    original = training.predict_probs
+    monkeypatch.setattr(
+        training, "predict_probs", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    out = training.final_metrics(model, data, cfg, torch.device("cpu"))
+    assert len(calls) == 1 and out["test"] == out["val"]

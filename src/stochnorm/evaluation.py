@@ -131,13 +131,15 @@ def mc_batchnorm_report(
 def single_pass(
     model: nn.Module, data: datasets.Splits, batch_size: int, device: torch.device | str
 ) -> dict[str, Any]:
-    """The eval-mode single pass on the validation and test sets, each predicted once:
+    """The eval-mode single pass on the validation and test sets, each predicted once (a
+    segmentation set's test split is its validation split):
     "metrics" (accuracy, NLL, ECE, Brier per split, as the training loop's final metrics)
     and "temperature_scaled", the test set after post-hoc temperature scaling, the
     standard fix of a network's calibration: one temperature fitted on the validation set
     (`metrics.fit_temperature`): {"temperature", "test": accuracy, NLL, ECE, Brier}."""
     kwargs = {"batch_size": batch_size, "device": device}
-    val, test = (predict_probs(model, split, **kwargs) for split in (data.val, data.test))
+    val = predict_probs(model, data.val, **kwargs)
+    test = val if data.test is data.val else predict_probs(model, data.test, **kwargs)
     temperature = metrics.fit_temperature(val, data.val.y)
     scaled = metrics.temperature_scale(test, temperature)
     return {
