@@ -10,7 +10,7 @@ from stochnorm.experiments.verdicts import (
     HOLDS,
     INCONCLUSIVE,
     ITERATE_RULE,
-    SEED_RULE,
+    TAIL_SEED_RULE,
     combine,
     compare,
     diverged_parts,
@@ -77,7 +77,7 @@ def test_paired_seeds_decide_against_two_standard_errors_of_the_mean_difference(
     diffs = [0.01, 0.005, 0.02]
     mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(3)
     assert acc.margin == pytest.approx(mean) and acc.noise == pytest.approx(2 * se)
-    assert acc.status == HOLDS and acc.rule == SEED_RULE  # 0.0117 > 2 x 0.0044
+    assert acc.status == HOLDS and acc.rule == TAIL_SEED_RULE  # 0.0117 > 2 x 0.0044
     assert "2 SE over 3 seeds" in acc.summary
     loss = improvement_verdict(numbers, "a", "b", "val_loss")  # lower is better
     assert loss.margin == pytest.approx(statistics.fmean([0.0, -0.01, 0.02]))
@@ -85,7 +85,7 @@ def test_paired_seeds_decide_against_two_standard_errors_of_the_mean_difference(
     assert improvement_verdict(numbers, "b", "a", "val_acc").status == FAILS
     # the rule travels with the record, part by part
     record = combine([acc, loss]).to_dict()
-    assert [p["rule"] for p in record["parts"]] == [SEED_RULE, SEED_RULE]
+    assert [p["rule"] for p in record["parts"]] == [TAIL_SEED_RULE, TAIL_SEED_RULE]
 
 
 def test_one_seed_falls_back_to_the_iterate_spread_and_says_so():
