@@ -71,7 +71,7 @@ def answer_table(numbers: Mapping[str, Any]) -> list[str]:
     """Per regime and deciding metric: the best baseline against the stochnorm entry named in
     advance and against the best stochnorm entry, with the paired differences."""
     lines = ["| regime | metric | best baseline | its value | stochnorm entry | its value | "
-             "difference (stochnorm - baseline) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "difference ± its SE (stochnorm - baseline) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in _regimes(numbers):
         found = entries(numbers, r["name"])
         for metric, rows in comparisons(numbers, r["name"]).items():
