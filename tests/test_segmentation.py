@@ -300,10 +300,11 @@ def test_the_validation_region_is_predicted_once_for_val_and_test(monkeypatch):
     assert data.test is data.val
     cfg = TrainConfig(norm="batch", batch_size=1, **TINY)
     model = training.build_model(cfg, data)
+    prediction = importlib.import_module("stochnorm.prediction")
     calls = []
-    original = training.predict_probs
+    original = prediction.predict_probs
     monkeypatch.setattr(
-        training, "predict_probs", lambda *a, **k: calls.append(1) or original(*a, **k)
+        prediction, "predict_probs", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
     out = training.final_metrics(model, data, cfg, torch.device("cpu"))
     assert len(calls) == 1 and out["test"] == out["val"]

@@ -23,7 +23,7 @@ from .prediction import (
     learned_noise,
     noise_robustness,
     predict_mc_batchnorm,
-    predict_probs,
+    predict_val_and_test,
     uncertainty_report,
 )
 from .provenance import provenance
@@ -138,8 +138,7 @@ def single_pass(
     standard fix of a network's calibration: one temperature fitted on the validation set
     (`metrics.fit_temperature`): {"temperature", "test": accuracy, NLL, ECE, Brier}."""
     kwargs = {"batch_size": batch_size, "device": device}
-    val = predict_probs(model, data.val, **kwargs)
-    test = val if data.test is data.val else predict_probs(model, data.test, **kwargs)
+    val, test = predict_val_and_test(model, data, **kwargs)
     temperature = metrics.fit_temperature(val, data.val.y)
     scaled = metrics.temperature_scale(test, temperature)
     return {

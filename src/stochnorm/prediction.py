@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from . import metrics
 from .bayes import predict, predict_running
-from .data import Split
+from .data import Split, Splits
 from .noise import ScaleNoise
 from .norms import BATCH_NORMS, PopulationNorm, normalizations
 
@@ -29,6 +29,13 @@ def predict_probs(
     pass with mean parameters, or the MC average over `samples` noisy passes."""
     probs = predict(model, data.x.to(device), samples, generator=generator, batch_size=batch_size)
     return probs.cpu()
+
+
+def predict_val_and_test(model: nn.Module, data: Splits, **kwargs) -> tuple[Tensor, Tensor]:
+    """`predict_probs` on the validation and the test split (`kwargs` passed on); a
+    segmentation set's test split is its validation split, predicted once."""
+    val = predict_probs(model, data.val, **kwargs)
+    return val, val if data.test is data.val else predict_probs(model, data.test, **kwargs)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from .initialization import data_dependent_init_
 from .norms import BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
 from .optim import make_optimizer
 from .plots import plot_curves
-from .prediction import loss_and_accuracy, nll_loss, predict_probs
+from .prediction import loss_and_accuracy, nll_loss, predict_val_and_test
 from .projection import project_
 from .provenance import provenance
 from .runs import RunDir
@@ -422,14 +422,8 @@ def final_metrics(
 ) -> dict[str, dict[str, float]]:
     """Accuracy, NLL, ECE and Brier of the eval-mode model on validation and test sets (a
     segmentation set's test split is its validation split: predicted once)."""
-    out = {}
-    for name, split in (("val", data.val), ("test", data.test)):
-        if name == "test" and split is data.val:
-            out[name] = dict(out["val"])
-            continue
-        probs = predict_probs(model, split, batch_size=cfg.eval_batch_size, device=device)
-        out[name] = metrics.summary(probs, split.y)
-    return out
+    val, test = predict_val_and_test(model, data, batch_size=cfg.eval_batch_size, device=device)
+    return {"val": metrics.summary(val, data.val.y), "test": metrics.summary(test, data.test.y)}
 
 
 def load_model_state(

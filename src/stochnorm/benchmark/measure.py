@@ -164,17 +164,21 @@ def measure_mode(
 STEPS_PER_MODE = 3 + len(CORRUPTIONS)  # validation, test, each corruption, digits
 
 
+def _settings(samples: int, sizes: Sizes, seed: int) -> dict[str, Any]:
+    """What a measurement depends on besides the run: kept with it to tell when it is stale."""
+    return {"version": VERSION, "samples": samples, **asdict(sizes), "seed": seed}
+
+
 def saved_measurement(
     run: RunDir, *, samples: int = 10, sizes: Sizes = DEFAULT_SIZES, seed: int = 0
 ) -> dict[str, Any] | None:
     """The measurements kept in `run`'s benchmark.json if they were made with these settings
     (they stand without the run's checkpoint, which stays on the machine that trained it),
     else None."""
-    settings = {"version": VERSION, "samples": samples, **asdict(sizes), "seed": seed}
     path = run.path / FILE
     if path.is_file():
         saved = load_json(path)
-        if saved.get("settings") == settings:
+        if saved.get("settings") == _settings(samples, sizes, seed):
             return saved
     return None
 
@@ -193,14 +197,12 @@ def measure_run(
     saved = saved_measurement(run, samples=samples, sizes=sizes, seed=seed)
     if saved is not None:
         return saved
-    settings = {"version": VERSION, "samples": samples, **asdict(sizes), "seed": seed}
-    path = run.path / FILE
     cfg, data, model = load_run(run.path, device=device)
     modes = predictors(model, data, cfg, samples, seed, device)
     bar = tqdm(total=len(modes) * STEPS_PER_MODE, desc=f"measure {run.name}", unit="step",
                disable=not progress, leave=False)  # fmt: skip
     with bar:
         measured = {name: measure_mode(p, data, sizes, seed, bar) for name, p in modes.items()}
-    result = {"settings": settings, "run": str(run.path), "modes": measured}
-    save_json(result, path)
+    result = {"settings": _settings(samples, sizes, seed), "run": str(run.path), "modes": measured}
+    save_json(result, run.path / FILE)
     return result
