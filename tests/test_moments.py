@@ -271,3 +271,32 @@ def test_leaky_relu_rule_gradient_against_finite_differences(a):
     var = (torch.rand(12, generator=g, dtype=torch.float64) * 4 + 0.05).requires_grad_()
     assert torch.autograd.gradcheck(lambda m, v: moments.leaky_relu(m, v, a), (mean, var),
                                     eps=1e-6, atol=1e-7, rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "weight_shape, channels",
+    [((6, 4, 3, 3), 4), ((6, 2, 3, 3), 4), ((6, 1, 3), 6), ((5, 4), 4), ((5, 8), 4)],
+    ids=["conv", "grouped-conv", "depthwise-conv1d", "linear", "linear-after-flatten"],
+)
+def test_linear_rule_gradient_against_finite_differences(weight_shape, channels):
+    # the closed-form backward of the conv/linear rule, against autograd's finite differences
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(channels, generator=g, dtype=torch.float64).requires_grad_()
+    var = (torch.rand(channels, generator=g, dtype=torch.float64) + 0.1).requires_grad_()
+    weight = torch.randn(weight_shape, generator=g, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(weight_shape[0], generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(moments.linear, (mean, var, weight, bias), eps=1e-6,
+                                    atol=1e-8, rtol=1e-6)  # fmt: skip
+
+
+def test_grouped_linear_rule_matches_its_block_diagonal_form():
+    # each group's outputs read only its own channels: the rule equals the dense rule with
+    # the block-diagonal matrix of the groups' kernel sums
+    g = torch.Generator().manual_seed(1)
+    mean, var = torch.randn(6, generator=g), torch.rand(6, generator=g)
+    weight = torch.randn(9, 2, 3, 3, generator=g)  # 3 groups of 2 inputs, 3 outputs each
+    w1 = torch.block_diag(*weight.sum((2, 3)).chunk(3))
+    w2 = torch.block_diag(*weight.pow(2).sum((2, 3)).chunk(3))
+    got_mean, got_var = moments.linear(mean, var, weight)
+    torch.testing.assert_close(got_mean, w1 @ mean)
+    torch.testing.assert_close(got_var, w2 @ var)

@@ -242,3 +242,28 @@ def test_group_norm_says_when_its_groups_collapse_to_layer_norm():
         warnings.simplefilter("error")
         assert make_norm("group", 10, groups=32).groups == 2
         assert make_norm("layer", 5).groups == 1
+
+
+@pytest.mark.parametrize("layer_bias", [False, True])
+def test_weight_norm_is_w_x_over_the_row_norm_with_its_gradients(layer_bias):
+    # against the formula written out with autograd: the layer's own bias a is the mean
+    # that weight norm subtracts, so the output is (w * x) / ||w|| * s + b either way
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, bias=layer_bias).double()
+    norm = make_norm("weight", 4, conv).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.normal_()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    out = norm(conv(x))
+    rows = conv.weight.flatten(1).norm(dim=1).view(1, -1, 1, 1)
+    s, b = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
+    expected = F.conv2d(x, conv.weight) / rows * s + b
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    params = [conv.weight, norm.weight, norm.bias]
+    got = torch.autograd.grad(out, params + ([conv.bias] if layer_bias else []), g)
+    for p, q in zip(got, torch.autograd.grad(expected, params, g), strict=False):
+        torch.testing.assert_close(p, q)
+    if layer_bias:  # the layer's bias cancels: no gradient reaches it
+        torch.testing.assert_close(got[3], torch.zeros_like(conv.bias))
