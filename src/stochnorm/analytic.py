@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, fx, nn
@@ -78,6 +79,43 @@ def _window_out(size, kernel, stride, padding, dilation=1, ceil_mode=False) -> t
     return tuple(out)
 
 
+class _Ref(NamedTuple):
+    """An argument of a step that is the result of the step at `index` of the plan."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One node of the traced graph as plain data (torch.fx's graph is not something
+    torch.compile traces through): what it calls, with earlier results as `_Ref`s."""
+
+    name: str
+    op: str  # "placeholder", "call_module", "call_function", "call_method", "get_attr"
+    target: Any
+    args: tuple
+    kwargs: dict
+    reads_input: bool  # its first argument is the model's input itself
+
+
+def _plan(graph: fx.Graph) -> tuple[_Step, ...]:
+    """The nodes of `graph` up to its output, in order, as `_Step`s."""
+    index: dict[fx.Node, int] = {}
+    steps = []
+    for node in graph.nodes:
+        if node.op == "output":
+            break
+        index[node] = len(steps)
+        source = node.args[0] if node.args else None
+        steps.append(_Step(
+            node.name, node.op, node.target,
+            fx.node.map_arg(node.args, lambda n: _Ref(index[n])),
+            fx.node.map_arg(node.kwargs, lambda n: _Ref(index[n])),
+            isinstance(source, fx.Node) and source.op == "placeholder",
+        ))  # fmt: skip
+    return tuple(steps)
+
+
 class MomentPropagation(nn.Module):
     """Propagates input moments through `model` before every training forward (a forward
     pre-hook of the model), so that each AnalyticNorm sees the moments of its layer's output.
@@ -92,7 +130,8 @@ class MomentPropagation(nn.Module):
     unchanged by average pooling, our default) or "none" (independent: the variance is
     divided by the window size).
 
-    The model's graph is traced once, at construction, with normalizations as leaves. When
+    The model's graph is traced once, at construction, with normalizations as leaves, and
+    kept as a plan of plain steps that torch.compile traces without graph breaks. When
     the model is an `nn.Sequential`, whose forward calls every child, this module is called
     last and returns its input unchanged.
     """
@@ -109,7 +148,7 @@ class MomentPropagation(nn.Module):
     ) -> None:
         super().__init__()
         moments.average_pool(torch.zeros(1), torch.ones(1), 1, pool_correlation)  # validates
-        self.graph = _Tracer().trace(model)
+        self.plan = _plan(_Tracer().trace(model))
         self.pool_correlation = pool_correlation
         self.register_buffer("input_mean", torch.zeros(1))
         self.register_buffer("input_var", torch.ones(1))
@@ -184,24 +223,23 @@ class MomentPropagation(nn.Module):
                 "hold the input moments; set them with stochnorm.analytic.attach (or load the "
                 "run with stochnorm.load_run, which measures them on its data)"
             )
-        env: dict[fx.Node, State | None] = {}
-        for node in self.graph.nodes:
-            if node.op == "placeholder":
-                env[node] = (mean, var, size) if not env else None
-            elif node.op == "output":
-                break
+        env: list[State | None] = []
+        for step in self.plan:
+            if step.op == "placeholder":
+                env.append((mean, var, size) if not env else None)
             else:
-                env[node] = self._rule(model, node, env)
-        return {node.name: state for node, state in env.items()}
+                env.append(self._rule(model, step, env))
+        return {step.name: state for step, state in zip(self.plan, env, strict=True)}
 
-    def _rule(self, model: nn.Module, node: fx.Node, env: dict) -> State | None:
-        inputs = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
+    def _rule(self, model: nn.Module, node: _Step, env: list) -> State | None:
+        inputs = [env[a.index] if isinstance(a, _Ref) else a for a in node.args]
         first = inputs[0] if inputs else None
         if node.op == "call_module":
             module = model.get_submodule(node.target)
             if (
                 self.input_patches is not None
-                and _reads_input(node, module)
+                and node.reads_input
+                and isinstance(module, FIRST_LAYERS)
                 and module.weight[0].numel() == self.input_patches[0].numel()
             ):
                 return self._first_layer_rule(module, first)
@@ -222,7 +260,7 @@ class MomentPropagation(nn.Module):
                 slope = node.kwargs.get("negative_slope", inputs[1] if len(inputs) > 1 else 0.01)
                 return (*moments.leaky_relu(first[0], first[1], slope), first[2])
             if target in ELEMENTWISE_FUNCTIONS and first is not None:
-                rest = [a for a in node.args[1:] if not isinstance(a, fx.Node)]
+                rest = [a for a in node.args[1:] if not isinstance(a, _Ref)]
                 return (
                     *moments.elementwise(
                         first[0], first[1], lambda x: target(x, *rest, **node.kwargs)
@@ -252,7 +290,7 @@ class MomentPropagation(nn.Module):
                 return self._spatial_mean(node, first)
         return None
 
-    def _spatial_mean(self, node: fx.Node, state: State) -> State | None:
+    def _spatial_mean(self, node: _Step, state: State) -> State | None:
         """`x.mean(dims, keepdim)` over all spatial dims (global average pooling, as in
         squeeze-excite): the pooling rule over the whole map."""
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
@@ -278,7 +316,7 @@ class MomentPropagation(nn.Module):
         )
         return mean, var, out
 
-    def _module_rule(self, module: nn.Module, state: State | None, node: fx.Node) -> State | None:
+    def _module_rule(self, module: nn.Module, state: State | None, node: _Step) -> State | None:
         if state is None:
             if isinstance(module, AnalyticNorm):
                 raise RuntimeError(
@@ -319,12 +357,12 @@ class MomentPropagation(nn.Module):
         if isinstance(module, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d):
             kernel = _pair(module.kernel_size, len(size))
             out = _window_out(size, kernel, module.stride, module.padding, 1, module.ceil_mode)
-            window = int(torch.tensor(kernel).prod())
+            window = math.prod(kernel)
             return (*moments.average_pool(mean, var, window, self.pool_correlation), out)
         if isinstance(module, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d):
             target = _pair(module.output_size, len(size))
             out = tuple(s if t is None else t for s, t in zip(size, target, strict=True))
-            window = max(1, int(torch.tensor(size).prod()) // max(1, int(torch.tensor(out).prod())))
+            window = max(1, math.prod(size) // max(1, math.prod(out)))
             return (*moments.average_pool(mean, var, window, self.pool_correlation), out)
         if isinstance(module, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d):
             # under full correlation the maximum of equal values is that value
@@ -357,12 +395,12 @@ def _product(inputs: Sequence[Any]) -> State | None:
     return None
 
 
-def _concatenate(node: fx.Node, env: dict) -> State | None:
+def _concatenate(node: _Step, env: list) -> State | None:
     """Branches concatenated along the channels (dim 1): their channel moments side by
     side (the spatial sizes must agree)."""
     parts = node.args[0] if node.args else node.kwargs.get("tensors", ())
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-    states = [env.get(p) if isinstance(p, fx.Node) else None for p in parts]
+    states = [env[p.index] if isinstance(p, _Ref) else None for p in parts]
     if dim != 1 or any(s is None for s in states) or len({s[2] for s in states}) != 1:
         return None
     return torch.cat([s[0] for s in states]), torch.cat([s[1] for s in states]), states[0][2]
@@ -420,12 +458,11 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
     """(name, module) of the conv/linear layer that reads the model's input directly (the
     layer whose patch moments `patch_moments` measures), or None when the first operation on
     the input is something else."""
-    graph = _Tracer().trace(model)
-    for node in graph.nodes:
-        if node.op == "call_module":
-            module = model.get_submodule(node.target)
-            if _reads_input(node, module):
-                return node.target, module
+    for step in _plan(_Tracer().trace(model)):
+        if step.op == "call_module" and step.reads_input:
+            module = model.get_submodule(step.target)
+            if isinstance(module, FIRST_LAYERS):
+                return step.target, module
     return None
 
 
@@ -447,15 +484,8 @@ def input_moments(
     return mean, var, patch_moments(x, found[1])
 
 
-def _reads_input(node: fx.Node, module: nn.Module) -> bool:
-    """Whether the call of `module` at `node` is a conv/linear layer applied to the model's
-    input itself (the layer whose output moments the input patches make exact)."""
-    source = node.args[0] if node.args else None
-    return (
-        isinstance(source, fx.Node)
-        and source.op == "placeholder"
-        and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
-    )
+# The layers whose output moments the input patches make exact when they read the input.
+FIRST_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def attach(

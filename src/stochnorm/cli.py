@@ -111,7 +111,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = _config(args)
     out = args.out or Path("runs") / f"{cfg.profile}-{cfg.dataset}-{cfg.norm}-seed{cfg.seed}"
     with _process_group(args.device) as device:
-        result = train(cfg, out, resume=args.resume, device=device, progress=not args.no_progress)
+        result = train(cfg, out, resume=args.resume, device=device, progress=not args.no_progress,
+                       compiled=args.compile)  # fmt: skip
         if Replicas.current().main:
             _print_final(out, result.metrics)
     return 1 if result.metrics["diverged"] else 0
@@ -368,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc", type=_number(int), default=1,
         help="data-parallel training in this many processes on this machine: runs the same "
         "command under `torchrun --standalone --nproc-per-node N` (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compile", action="store_true",
+        help="train through torch.compile (the first steps compile: minutes on a CPU; "
+        "pays where launches dominate, e.g. analytic norm on a GPU)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_train)
 

@@ -206,6 +206,7 @@ def train(
     device: str | torch.device | None = "cpu",
     progress: bool = True,
     evaluate: bool = True,
+    compiled: bool = False,
 ) -> TrainResult:
     """Train `cfg.model` (or `model_factory`, recorded in the config by its importable
     name, see `models.factory_name`) on `cfg.dataset` (or the splits `data`) as `cfg` says;
@@ -217,7 +218,10 @@ def train(
     non-finite stops at that step, one whose epoch loss exceeds 100 x ln(classes) at the
     end of that epoch (`divergence`), with `"diverged": true` and the reason in
     `"divergence"`; the checkpoint of the last good epoch is kept. `evaluate=False` skips
-    the per-epoch and final evaluations (only the training loss is recorded).
+    the per-epoch and final evaluations (only the training loss is recorded). `compiled`:
+    the training forward and backward run through `torch.compile` (the first steps compile,
+    minutes on a CPU; evaluation stays eager; torch.compile's cache is reset first); the run's configuration and results do not
+    depend on it beyond float rounding.
     """
     device = resolve_device(device)
     replicas = Replicas.current()
@@ -260,6 +264,9 @@ def train(
             model, device_ids=[device] if device.type == "cuda" else None,
             broadcast_buffers=_has_batch_statistics(model),
         )  # fmt: skip
+    if compiled:  # a fresh cache: dynamo recompiles for every new model, 8 times at most
+        torch._dynamo.reset()
+        net = torch.compile(net)
     result = {"config": cfg.to_dict(), "provenance": provenance(device), "data": _describe(data)}
     if replicas.world > 1:
         result["replicas"] = replicas.world
