@@ -3,8 +3,11 @@ a folded model relative to the same network without normalization, measured side
 in one run (All-CNN-C on 28x28 single-channel inputs).
 
     python benchmarks/norm_speed.py [--widths 0.333 1] [--batches 32 256] [--repeats 15]
+                                    [--compiled]
 
-Goals: analytic <= 1.10x BN, weight <= 1.05x BN, folded = 1.00x +- 0.03 of the plain net.
+Goals: analytic <= 1.10x BN, weight <= 1.05x BN, folded = 1.00x +- 0.03 of the plain net;
+with --compiled every training step runs through torch.compile (each model compiled against
+its own, the first warm-up steps compile) and analytic <= 1.10x compiled BN.
 Timings are interleaved (one step of every variant per round) and the median of the rounds
 is reported, so a load that comes and goes affects all variants alike.
 """
@@ -29,9 +32,12 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[1 / 3, 1.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--compiled", action="store_true", help="training steps compiled")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"# {hardware()}; torch {torch.__version__}; Python {platform.python_version()}")
+    mode = "compiled (torch.compile, inductor)" if args.compiled else "eager"
+    print(f"# {hardware()}; torch {torch.__version__}; Python {platform.python_version()}; "
+          f"training steps {mode}")  # fmt: skip
     print("| width | batch | " + " | ".join(f"{n} / batch" for n in NORMS) + " | BN step ms "
           "| folded BN / plain (eval) | folded analytic / plain (eval) |")  # fmt: skip
     print("|" + "---|" * (len(NORMS) + 5))
@@ -40,7 +46,12 @@ def main() -> None:
             x = torch.randn(batch, 1, 28, 28)
             y = torch.randint(0, 10, (batch,))
             models = {n: AllCNN(1, 10, width=width, norm=n).train() for n in NORMS}
-            steps = {n: train_step(m, x, y) for n, m in models.items()}
+            if args.compiled:
+                torch._dynamo.reset()  # dynamo recompiles the shared forward 8 times at most
+            steps = {
+                n: train_step(torch.compile(m) if args.compiled else m, x, y)
+                for n, m in models.items()
+            }
             train = interleaved(steps, args.repeats)
             for m in models.values():
                 m.eval()

@@ -15,6 +15,7 @@ Later features plug in through two extension points instead of copies of this lo
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -262,7 +263,7 @@ def train(
     if replicas.world > 1:  # gradients averaged over the processes
         net = DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None,
-            broadcast_buffers=_has_batch_statistics(model),
+            **{_BUFFER_SYNC: _has_batch_statistics(model)},
         )  # fmt: skip
     if compiled:  # a fresh cache: dynamo recompiles for every new model, 8 times at most
         torch._dynamo.reset()
@@ -321,6 +322,16 @@ def train(
         if history:
             plot_curves({run.name: history}, run.curves_path)
     return TrainResult(model, result)
+
+
+# DistributedDataParallel's switch for taking rank 0's buffers at every forward: torch 2.13
+# renamed broadcast_buffers (deprecated) to forward_sync_buffers (the buffers, identical at
+# the start in every process, are then also compared at construction: harmless here).
+_BUFFER_SYNC = (
+    "forward_sync_buffers"
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else "broadcast_buffers"
+)
 
 
 def _has_batch_statistics(model: nn.Module) -> bool:
