@@ -3,7 +3,7 @@ a folded model relative to the same network without normalization, measured side
 in one run (All-CNN-C on 28x28 single-channel inputs).
 
     python benchmarks/norm_speed.py [--widths 0.333 1] [--batches 32 256] [--repeats 15]
-                                    [--compiled]
+                                    [--compiled [MODE]] [--device cuda]
 
 Goals: analytic <= 1.10x BN, weight <= 1.05x BN, folded = 1.00x +- 0.03 of the plain net;
 with --compiled every training step runs through torch.compile (each model compiled against
@@ -32,24 +32,30 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[1 / 3, 1.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--compiled", action="store_true", help="training steps compiled")
+    parser.add_argument(
+        "--compiled", nargs="?", const="default", metavar="MODE",
+        help="training steps through torch.compile, in its MODE (default; reduce-overhead: "
+        "CUDA graphs)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.manual_seed(0)
-    mode = "compiled (torch.compile, inductor)" if args.compiled else "eager"
-    print(f"# {hardware()}; torch {torch.__version__}; Python {platform.python_version()}; "
+    mode = f"compiled (torch.compile, mode {args.compiled})" if args.compiled else "eager"
+    where = hardware() if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    print(f"# {where}; torch {torch.__version__}; Python {platform.python_version()}; "
           f"training steps {mode}")  # fmt: skip
     print("| width | batch | " + " | ".join(f"{n} / batch" for n in NORMS) + " | BN step ms "
           "| folded BN / plain (eval) | folded analytic / plain (eval) |")  # fmt: skip
     print("|" + "---|" * (len(NORMS) + 5))
     for width in args.widths:
         for batch in args.batches:
-            x = torch.randn(batch, 1, 28, 28)
-            y = torch.randint(0, 10, (batch,))
-            models = {n: AllCNN(1, 10, width=width, norm=n).train() for n in NORMS}
+            x = torch.randn(batch, 1, 28, 28, device=args.device)
+            y = torch.randint(0, 10, (batch,), device=args.device)
+            models = {n: AllCNN(1, 10, width=width, norm=n).to(args.device).train() for n in NORMS}
             if args.compiled:
                 torch._dynamo.reset()  # dynamo recompiles the shared forward 8 times at most
             steps = {
-                n: train_step(torch.compile(m) if args.compiled else m, x, y)
+                n: train_step(torch.compile(m, mode=args.compiled) if args.compiled else m, x, y)
                 for n, m in models.items()
             }
             train = interleaved(steps, args.repeats)
