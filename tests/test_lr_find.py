@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -55,3 +56,42 @@ def test_real_search_on_a_few_images(tiny_fashion):
     losses = {t["lr"]: t["train_loss"] for t in result["trials"]}
     assert len(losses) == 4 and result["lr"] in losses
     assert losses[result["lr"]] == min(losses.values())
+
+
+def test_trials_already_known_are_not_trained_again(monkeypatch):
+    fake, calls = _fake_train(best_log_lr=-1.3)
+    monkeypatch.setattr(lr_find_module, "train", fake)
+    full = lr_find(TrainConfig(profile="quick"), data=object(), refine=2)
+    first_three = {t["lr"]: t["train_loss"] for t in full["trials"][:3]}
+    calls.clear()
+    resumed = lr_find(TrainConfig(profile="quick"), data=object(), refine=2, known=first_three)
+    assert resumed == full
+    trained = {c.lr for c in calls}
+    assert len(calls) == len(full["trials"]) - 3
+    assert not trained & set(first_three)
+
+
+def test_an_interrupted_search_of_the_lab_resumes_from_its_saved_trials(tmp_path, monkeypatch):
+    from stochnorm.experiments import Lab
+
+    fake, calls = _fake_train(best_log_lr=-1.3)
+
+    def crash_after_four(cfg, *args, **kwargs):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return fake(cfg, *args, **kwargs)
+
+    lab = Lab("demo", tmp_path, lr_search=True)
+    cfg = lab.config(norm="batch")
+    monkeypatch.setattr(lr_find_module, "prepare_data", lambda cfg: object())
+    monkeypatch.setattr(lr_find_module, "train", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        lab.lr(cfg)
+    (saved,) = tmp_path.glob("lr-trials-*.json")
+    assert len(json.loads(saved.read_text())["trials"]) == 4
+    monkeypatch.setattr(lr_find_module, "train", fake)
+    lr = lab.lr(cfg)
+    assert len(calls) == 7 + 3  # the grid and the refinements, each trained once
+    assert abs(math.log10(lr) + 1.3) <= 0.25
+    assert not list(tmp_path.glob("lr-trials-*.json"))  # the finished search replaces it
+    assert len(list(tmp_path.glob("lr-find-*.json"))) == 1

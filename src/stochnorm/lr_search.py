@@ -4,7 +4,7 @@ minimizes the training loss reached after a few epochs, found per training case.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +32,7 @@ def lr_find(
     device: str | torch.device | None = "cpu",
     progress: bool = False,
     on_trial: Callable[[float, float], None] | None = None,
+    known: Mapping[float, float] | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` for `epochs` epochs (default: the profile's, see LR_FIND_EPOCHS) from the
     same initialization with learning rates on a log grid over [lr_min, lr_max] (default:
@@ -40,7 +41,9 @@ def lr_find(
     `refine` more trials, each halving (in log scale) the larger side of the bracket.
 
     The score of a trial is the mean training loss of its last epoch, +inf if it diverged.
-    `on_trial(lr, loss)` is called after each trial. Returns the best `lr`, every trial, and
+    `on_trial(lr, loss)` is called after each trial trained; `known` holds the scores {lr:
+    loss} that earlier trials of the same search measured (an interrupted search resumes:
+    they are not trained again). Returns the best `lr`, every trial, and
     `at_edge` = True when the best rate lies at an end of the range (then the range should be
     widened).
     """
@@ -55,8 +58,11 @@ def lr_find(
     if data is None:
         data = prepare_data(cfg)
     scores: dict[float, float] = {}
+    earlier = {round(math.log10(lr), 9): loss for lr, loss in (known or {}).items()}
 
     def score(log_lr: float) -> float:
+        if log_lr not in scores and round(log_lr, 9) in earlier:
+            scores[log_lr] = earlier[round(log_lr, 9)]
         if log_lr not in scores:
             trial = replace(cfg, lr=10.0**log_lr, epochs=epochs)
             result = train(trial, data=data, device=device, progress=progress, evaluate=False)

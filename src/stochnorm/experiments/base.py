@@ -92,6 +92,19 @@ def exclusive(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _partial_trials(path: Path, probe: TrainConfig) -> dict[float, float]:
+    """{lr: loss} of the trials an interrupted search of `probe` saved at `path` (none if
+    there is no such file or it belongs to another configuration)."""
+    if not path.exists():
+        return {}
+    saved = load_json(path)
+    try:
+        same = TrainConfig.from_dict(saved.get("config", {})) == probe
+    except (ConfigError, TypeError):
+        return {}
+    return {t["lr"]: t["train_loss"] for t in saved.get("trials", [])} if same else {}
+
+
 @dataclass
 class Lab:
     """Trains what an experiment asks for, under one profile and seed.
@@ -148,9 +161,19 @@ class Lab:
             found = self._find_lr(probe)  # another process may have searched meanwhile
             if found is not None:
                 return found
-            result = lr_find(probe, device=self.device, progress=self.progress)
+            partial = self.runs_dir / f"lr-trials-{config_key(probe)}.json"
+            known = _partial_trials(partial, probe)
+
+            def keep(lr: float, loss: float) -> None:  # an interrupted search resumes
+                known[lr] = loss
+                trials = [{"lr": k, "train_loss": v} for k, v in sorted(known.items())]
+                save_json({"config": probe.to_dict(), "trials": trials}, partial)
+
+            result = lr_find(probe, device=self.device, progress=self.progress, known=dict(known),
+                             on_trial=keep)  # fmt: skip
             result["config"] = probe.to_dict()
             save_json(result, self.runs_dir / f"lr-find-{config_key(probe)}.json")
+            partial.unlink(missing_ok=True)
         return result["lr"]
 
     def _find_lr(self, probe: TrainConfig) -> float | None:
