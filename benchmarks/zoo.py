@@ -147,7 +147,7 @@ def measure(name: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tenso
             try:  # the conv rule alone, given the true input moments of each layer
                 found = independence_error(fresh, x, batch_size=64, max_rows=20_000)
                 row["independence"] = [r["independent"] for r in found[1:]]  # 1st: exact
-            except ValueError as exc:  # grouped / depthwise convs
+            except ValueError as exc:  # e.g. no normalization bound to a layer
                 row["independence"] = short(exc, 40)
         converted[case] = model
         rows[case] = row

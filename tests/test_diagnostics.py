@@ -78,6 +78,25 @@ def test_independence_error_closed_form_for_fully_correlated_inputs():
     assert row["channel"] == pytest.approx(1 / math.sqrt(9), rel=1e-9)
 
 
+@pytest.mark.parametrize("groups", [2, 4])
+def test_independence_error_of_grouped_convs_in_closed_form(groups):
+    """As above for a grouped conv (4 channels, all weights 1): each output reads C / g
+    channels, so the ratios are those of C / g channels alone; depthwise (g = 4): the
+    independence and channel ratios 1/sqrt(K), spatial 1 (every pair in one channel)."""
+    from stochnorm.diagnostics import independence_error
+    from stochnorm.norms import make_norm
+
+    conv = nn.Conv2d(4, 4, 3, groups=groups, bias=False)
+    nn.init.constant_(conv.weight, 1.0)
+    torch.manual_seed(0)
+    x = torch.randn(400, 1, 1, 1).expand(400, 4, 6, 6).contiguous()
+    (row,) = independence_error(nn.Sequential(conv, make_norm("weight", 4, conv)), x)
+    c = 4 // groups
+    assert row["independent"] == pytest.approx(1 / math.sqrt(c * 9), rel=1e-9)
+    assert row["spatial"] == pytest.approx(1 / math.sqrt(c), rel=1e-9)
+    assert row["channel"] == pytest.approx(1 / 3, rel=1e-9)
+
+
 def test_independence_error_is_one_for_independent_inputs():
     """i.i.d. pixels: Sigma is the identity up to sampling error; with 2000 images of 6x6
     (32,000 patches) the ratios are within 2% of 1 (their sampling error is about 0.5%)."""

@@ -432,8 +432,6 @@ def independence_error(
     bound = [(n, n.layer) for n in normalizations(model) if n.layer is not None]
     if not bound:
         raise ValueError("the model has no normalization bound to a conv/linear layer")
-    if any(getattr(layer, "groups", 1) != 1 for _, layer in bound):
-        raise ValueError("independence_error supports ungrouped convs only")
     patches: dict[int, list[Tensor]] = {id(layer): [] for _, layer in bound}
     g = torch.Generator().manual_seed(0)
 
@@ -452,23 +450,28 @@ def independence_error(
     rows = []
     for i, (_, layer) in enumerate(bound, start=1):
         rows_ = torch.cat(patches.pop(id(layer)))
-        cov = torch.cov(rows_.T)
-        w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+        # a grouped conv's output channel reads its group's inputs only: one covariance of
+        # the patch features of each group, [g, d, d] (d = C / g * kernel positions)
+        groups = getattr(layer, "groups", 1)
+        d = rows_.shape[1] // groups
+        centred = (rows_ - rows_.mean(0)).view(len(rows_), groups, d)
+        cov = torch.einsum("rgi,rgj->gij", centred, centred) / max(len(rows_) - 1, 1)
+        w = layer.weight.detach().double().reshape(groups, layer.weight.shape[0] // groups, d)
         if isinstance(layer, nn.Conv2d):  # unfold orders features channel-major
-            per_channel = w.shape[1] // (layer.in_channels // layer.groups)
-            feature = torch.arange(w.shape[1])
+            per_channel = d // (layer.in_channels // groups)
+            feature = torch.arange(d)
             channel, offset = feature // per_channel, feature % per_channel
         else:
-            channel = offset = torch.arange(w.shape[1])
-        true = torch.einsum("oi,ij,oj->o", w, cov, w)
+            channel = offset = torch.arange(d)
+        true = torch.einsum("goi,gij,goj->go", w, cov, w)
 
         def ratio(mask: Tensor, w=w, cov=cov, true=true) -> float:
-            kept = torch.einsum("oi,ij,oj->o", w, cov * mask, w)
+            kept = torch.einsum("goi,gij,goj->go", w, cov * mask, w)
             return (kept / true).clamp_min(0).sqrt().mean().item()
 
         rows.append({
             "layer": i,
-            "independent": ratio(torch.eye(len(cov), dtype=cov.dtype)),
+            "independent": ratio(torch.eye(d, dtype=cov.dtype)),
             "spatial": ratio((channel[:, None] == channel[None, :]).to(cov.dtype)),
             "channel": ratio((offset[:, None] == offset[None, :]).to(cov.dtype)),
             "patches": len(rows_),
