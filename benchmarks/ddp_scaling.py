@@ -1,6 +1,7 @@
 """Data-parallel training throughput on this machine: training samples per second of the
 engine (`stochnorm.train`, DistributedDataParallel over gloo) with 1 and 2 processes, for
-batch norm (each process's statistics), synchronized batch norm and analytic norm.
+batch norm (each process's statistics), synchronized batch norm, analytic, weight and
+population norm (whose estimates come from the global batch: two all-reduces per layer).
 
     python benchmarks/ddp_scaling.py [--norms batch batch-sync analytic] [--epochs 2]
 
@@ -33,6 +34,7 @@ CASES = {  # name -> TrainConfig overrides
     "batch-sync": {"norm": "batch", "sync_bn": True},
     "analytic": {"norm": "analytic"},
     "weight": {"norm": "weight"},
+    "population": {"norm": "population"},
 }
 LAYOUTS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process)
 
