@@ -47,7 +47,9 @@ def test_profiles_and_overrides():
     assert TrainConfig.from_profile("quick", lr=0.3, epochs=None).lr == 0.3
     full = TrainConfig.from_profile("full")
     assert full.gamma**600 == pytest.approx(0.1) and full.epochs == 1200 and full.width == 1
-    assert set(PROFILES) == {"demo", "quick", "bench", "quick-full", "full"}
+    assert set(PROFILES) == {"demo", "quick", "bench", "regime", "quick-full", "full"}
+    regime = TrainConfig.from_profile("regime")  # the quick model on a fifth of its images
+    assert not regime.augment and regime.subset == pytest.approx(0.2 * PROFILES["quick"]["subset"])
     bench = TrainConfig.from_profile("bench")  # quick's data and model, half its schedule
     assert (bench.width, bench.subset, bench.epochs, bench.gamma**15) == pytest.approx(
         (quick.width, quick.subset, 30, 0.1)

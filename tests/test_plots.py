@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from stochnorm.plots import plot_curve_rows, plot_grouped_bars, plot_seed_spread, running_mean_std
+from stochnorm.plots import (
+    plot_curve_rows,
+    plot_grouped_bars,
+    plot_learned_noise,
+    plot_seed_spread,
+    running_mean_std,
+)
 from tests.histories import history as made_up_history
 
 
@@ -32,3 +38,10 @@ def test_protocol_plots_are_written(tmp_path):
     rows = plot_curve_rows({"none": runs, "batch": runs}, tmp_path / "rows.png")
     spread = plot_seed_spread({"batch": runs, "analytic": runs}, tmp_path / "spread.png")
     assert rows.stat().st_size > 5_000 and spread.stat().st_size > 5_000
+
+
+def test_learned_noise_plot_skips_rows_without_it(tmp_path):
+    # a resumed old run: the first epochs were trained before the history kept sigma
+    rows = [{"epoch": 1}] + [{"epoch": e, "sigma_s_over_s": [0.1 * e, 0.05]} for e in (2, 3)]
+    path = plot_learned_noise({"an": rows, "wn": rows[1:]}, tmp_path / "s.png", reference=[0.4])
+    assert path.stat().st_size > 5_000

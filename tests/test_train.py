@@ -9,7 +9,7 @@ from stochnorm import data as datasets
 from stochnorm.bayes import elbo_loss_term
 from stochnorm.errors import ConfigError
 from stochnorm.noise import noise_modules
-from stochnorm.norms import BatchNorm
+from stochnorm.norms import BatchNorm, normalizations
 from stochnorm.optim import make_optimizer
 from stochnorm.runs import RunDir
 from stochnorm.train import build_model, make_model
@@ -488,3 +488,18 @@ def test_population_norm_estimates_agree_on_every_process(tmp_path, tiny_fashion
     single = train(cfg, data=tiny_fashion, progress=False).model  # one process, whole batches
     buffers = {k: b.double().sum().item() for k, b in single.named_buffers()}
     assert b0 == pytest.approx(buffers, rel=1e-4, abs=1e-5)
+
+
+def test_the_history_follows_the_learned_noise_per_layer(tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "epochs": 2, "norm": "weight", "project": True, "noise": "bayes",
+                         "noise_optimizer": "adam", "lr": 0.01})  # fmt: skip
+    result = train(cfg, data=tiny_fashion, progress=False)
+    rows = [r["sigma_s_over_s"] for r in result.metrics["history"]]
+    layers = [m for m in normalizations(result.model) if m.noise is not None]
+    assert len(layers) == 9 and all(len(r) == 9 for r in rows)
+    # the last epoch's values are those of the final model: sigma_S / |s| averaged per layer
+    final = [(m.noise.sigma_s.expand_as(m.weight) / m.weight.abs()).mean().item() for m in layers]
+    assert rows[-1] == pytest.approx(final, rel=1e-6)
+    assert rows[0] != rows[-1]  # Adam moves sigma in every epoch
+    plain = train(TrainConfig(**TINY), data=tiny_fashion, progress=False).metrics["history"]
+    assert all("sigma_s_over_s" not in r for r in plain)

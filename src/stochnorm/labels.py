@@ -3,7 +3,7 @@
 
     label   := NORM ["-proj"] ["-gN"] ["-ghostK"] ["-gdV"] ["-detached"] [NOISE]
     NORM    := none | batch | weight | analytic | population | group | layer
-    NOISE   := "-bnlike" | "-bayes" ["-sV" | "-sbn"] ["-fV"] ["-kV"] ["-adam"]
+    NOISE   := "-bnlike" | "-bayes" ["-sV" | "-sbn"] ["-fV"] ["-kV"] ["-adam"] | "-bayes-tuned"
 
 - `-proj`: projection of the scale-invariant weights onto ||w|| = 1 (`project`);
 - `-gN`: group norm with N groups (`groups`, group norm only);
@@ -16,7 +16,9 @@
 - `-bayes`: learned scale noise, with `-sV` its initial sigma_S (`-sbn`: per layer, BN's
   measured sigma_U, which the caller supplies like the BN-like sigmas), `-fV` the step
   factor of the noise parameters (`noise_lr_factor`), `-kV` the KL weight (`kl_factor`),
-  `-adam` Adam instead of SGD for the noise parameters (`noise_optimizer`).
+  `-adam` Adam instead of SGD for the noise parameters (`noise_optimizer`);
+- `-bayes-tuned`: learned noise in the configuration that a search on the validation set
+  chose (`experiments.cases.noise_search`; the caller resolves it, like "-sbn").
 
 Examples: `batch-proj`, `analytic-proj-bayes-f30`, `analytic-proj-bayes-s0.03-f10`,
 `population-proj`, `group-proj-g8` (suffixes come in the order above).
@@ -33,6 +35,7 @@ from .norms import Norm
 
 POPULATION_GAMMA_DECAY = 1e-4  # population norm's default gamma decay in a label
 SIGMA_FROM_BN = "bn"  # parse_label's sigma_s for "-sbn": the caller puts BN's sigma_U there
+TUNED = "tuned_noise"  # parse_label's marker for "-bayes-tuned" (no TrainConfig setting)
 
 _NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?"
 _GRAMMAR = re.compile(
@@ -40,7 +43,7 @@ _GRAMMAR = re.compile(
     rf"(?:-gd(?P<gd>{_NUMBER}))?"
     r"(?P<detached>-detached)?(?:(?P<bnlike>-bnlike)|(?P<bayes>-bayes)"
     rf"(?:-s(?P<sigma_s>{_NUMBER}|bn))?(?:-f(?P<f>{_NUMBER}))?(?:-k(?P<k>{_NUMBER}))?"
-    r"(?P<adam>-adam)?)?$"
+    r"(?P<adam>-adam)?(?P<tuned>-tuned)?)?$"
 )
 
 
@@ -51,7 +54,7 @@ def parse_label(label: str) -> dict[str, Any]:
     if found is None:
         raise ConfigError(
             f"run label {label!r} does not read as NORM[-proj][-gN][-ghostK][-gdV][-detached]"
-            "[-bnlike|-bayes[-sV|-sbn][-fV][-kV][-adam]] (see stochnorm.labels)"
+            "[-bnlike|-bayes[-sV|-sbn][-fV][-kV][-adam]|-bayes-tuned] (see stochnorm.labels)"
         )
     norm = Norm.parse(found["norm"])
     gd, sigma_s, factor, kl = found["gd"], found["sigma_s"], found["f"], found["k"]
@@ -78,6 +81,13 @@ def parse_label(label: str) -> dict[str, Any]:
         settings["noise"] = "bn-like"
     if found["bayes"]:
         settings["noise"] = "bayes"
+        if found["tuned"]:
+            if any(found[k] for k in ("sigma_s", "f", "k", "adam")):
+                raise ConfigError(
+                    f"run label {label!r}: -tuned takes its noise settings from the search, "
+                    "so -s, -f, -k and -adam cannot come with it"
+                )
+            settings[TUNED] = True
         if sigma_s == SIGMA_FROM_BN:
             settings["sigma_s"] = SIGMA_FROM_BN
         elif sigma_s is not None:

@@ -55,6 +55,34 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Pa
     return _save(fig, path)
 
 
+def plot_learned_noise(
+    histories: Mapping[str, Sequence[Mapping]],
+    path: Path,
+    *,
+    reference: Sequence[float] = (),
+    reference_name: str = "paper",
+) -> Path:
+    """Learned sigma_S / s of every noise layer against epochs (the `sigma_s_over_s` lists
+    of the history rows, log scale), one panel per run and one colour per layer; the
+    `reference` values per layer (e.g. the paper's) as crosses after the last epoch."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 3.8),
+                             squeeze=False)  # fmt: skip
+    for ax, (name, history) in zip(axes[0], histories.items(), strict=True):
+        rows = [r for r in history if "sigma_s_over_s" in r]
+        epochs = [r["epoch"] for r in rows]
+        layers = len(rows[0]["sigma_s_over_s"]) if rows else 0
+        for k in range(layers):
+            ax.plot(epochs, [r["sigma_s_over_s"][k] for r in rows], color=f"C{k}",
+                    label=f"layer {k + 1}")  # fmt: skip
+            if k < len(reference) and epochs:
+                ax.plot([epochs[-1] * 1.04], [reference[k]], "x", color=f"C{k}")
+        ax.set(title=f"{name}: learned sigma_S / s (x: {reference_name})", xlabel="epoch",
+               yscale="log")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
 def plot_error_coverage(reports: Mapping[str, Mapping[str, Mapping]], path: Path) -> Path:
     """Error rate of the kept samples against the kept fraction (main paper Fig. A.3),
     rejecting by predictive entropy (left) and by max probability (right); one line per

@@ -39,7 +39,7 @@ from .initialization import data_dependent_init_
 from .norms import BatchNorm, Norm, PopulationNorm, gamma_decay, normalizations
 from .optim import make_optimizer
 from .plots import plot_curves
-from .prediction import loss_and_accuracy, nll_loss, predict_val_and_test
+from .prediction import learned_noise, loss_and_accuracy, nll_loss, predict_val_and_test
 from .projection import project_
 from .provenance import provenance
 from .runs import RunDir
@@ -422,7 +422,8 @@ def epoch_metrics(
     model: nn.Module, data: datasets.Splits, cfg: TrainConfig, device: torch.device
 ) -> dict[str, float]:
     """Eval-mode loss on a fixed training subset (the same weights as the train-mode loss,
-    paper Fig. 1) and validation loss and accuracy."""
+    paper Fig. 1), validation loss and accuracy, and for learned scale noise its sigma_S / s
+    per layer (mean over channels, main paper section 3.5), to show whether it settles."""
     row = {}
     if cfg.eval_train_size:
         row["train_eval_loss"], row["train_eval_acc"] = loss_and_accuracy(
@@ -432,6 +433,8 @@ def epoch_metrics(
     row["val_loss"], row["val_acc"] = loss_and_accuracy(
         model, data.val, batch_size=cfg.eval_batch_size, device=device
     )
+    if noise := learned_noise(model):
+        row["sigma_s_over_s"] = [layer["sigma_s_over_s"] for layer in noise]
     return row
 
 

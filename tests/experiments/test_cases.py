@@ -1,7 +1,21 @@
 """The shared runs: their measurement settings as the CLI has them."""
 
+import json
+
+import pytest
+
 from stochnorm.cli import build_parser
-from stochnorm.experiments.cases import PROFILE_SETTINGS
+from stochnorm.errors import ConfigError
+from stochnorm.experiments import Lab
+from stochnorm.experiments.cases import (
+    NOISE_CANDIDATES,
+    NOISE_SEARCH_BASE,
+    PROFILE_SETTINGS,
+    noise_search,
+    run_config,
+)
+from stochnorm.labelled import label_config
+from stochnorm.runs import RunDir
 
 
 def test_quick_and_full_measure_bn_noise_as_the_cli_does():
@@ -12,3 +26,43 @@ def test_quick_and_full_measure_bn_noise_as_the_cli_does():
         assert list(s["bn_batch_sizes"]) == args.batch_sizes
         assert s["bn_batches"] == args.batches
     assert 32 in PROFILE_SETTINGS["demo"]["bn_batch_sizes"]  # the training batch size
+
+
+TINY = {"width": 0.1, "subset": 0.005, "epochs": 1, "eval_train_size": 50, "eval_size": 200}
+
+
+def test_tuned_noise_is_the_candidate_of_lowest_validation_nll(tmp_path):
+    lab = Lab("demo", tmp_path, overrides=TINY)
+    search = noise_search(lab)
+    assert set(search["candidates"]) == set(NOISE_CANDIDATES)
+    # the validation NLLs are the runs' own, read back independently
+    for suffix, c in search["candidates"].items():
+        run = RunDir(c["run"])
+        assert run.config() == run_config(lab, NOISE_SEARCH_BASE + suffix).replace(lr=c["lr"])
+        assert c["val_nll"] == run.metrics()["final"]["val"]["nll"]
+    lowest = min(search["candidates"], key=lambda k: search["candidates"][k]["val_nll"])
+    assert search["chosen"] == lowest
+    # -bayes-tuned resolves to that configuration, for weight norm too
+    chosen = run_config(lab, NOISE_SEARCH_BASE + lowest)
+    assert run_config(lab, "analytic-proj-bayes-tuned") == chosen
+    weight = run_config(lab, "weight-proj-bayes-tuned")
+    assert weight.norm == "weight" and weight.noise == "bayes"
+    assert (weight.noise_optimizer, weight.noise_lr_factor, weight.sigma_s) == (
+        chosen.noise_optimizer, chosen.noise_lr_factor, chosen.sigma_s)  # fmt: skip
+
+
+def test_a_diverged_candidate_is_never_chosen(tmp_path):
+    lab = Lab("demo", tmp_path, overrides=TINY)
+    search = noise_search(lab)
+    best = search["chosen"]
+    path = RunDir(search["candidates"][best]["run"]).metrics_path
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "diverged": True}))
+    assert noise_search(lab)["chosen"] != best
+
+
+def test_tuned_noise_outside_the_lab_is_an_error_that_says_so():
+    with pytest.raises(ConfigError, match="noise search"):
+        label_config("analytic-proj-bayes-tuned", "demo")
+    with pytest.raises(ConfigError, match="-tuned takes its noise settings from the search"):
+        label_config("analytic-proj-bayes-f30-tuned", "demo")

@@ -9,6 +9,8 @@ import torch
 
 from stochnorm import metrics
 from stochnorm.experiments.main_bayes import (
+    ANALYTIC_BAYES,
+    WEIGHT_BAYES,
     BayesTable,
     coverage_differences,
     coverage_verdict,
@@ -101,12 +103,17 @@ def test_table1_verdict_is_the_papers_claims_with_our_goal_beside_it():
                                    scaled=[0.29, 0.295, 0.29]),
         "weight-proj": _table_entry([0.88] * 3, [0.39] * 3, val_acc=0.88, val_loss=0.35),
         "analytic-proj": _table_entry([0.89] * 3, [0.43] * 3, val_acc=0.89, val_loss=0.37),
-        "weight-proj-bayes": _table_entry([0.885] * 3, [0.36, 0.365, 0.362], [0.35, 0.352, 0.351],
+        WEIGHT_BAYES: _table_entry([0.885] * 3, [0.36, 0.365, 0.362], [0.35, 0.352, 0.351],
                                           val_acc=0.889, val_loss=0.32),
-        "analytic-proj-bayes": _table_entry([0.899, 0.901, 0.898], [0.33, 0.335, 0.332],
+        ANALYTIC_BAYES: _table_entry([0.899, 0.901, 0.898], [0.33, 0.335, 0.332],
                                             [0.28, 0.285, 0.281], val_acc=0.897, val_loss=0.31),
     }  # fmt: skip
-    numbers = {"samples": [10, 30], "test_size": 10_000, "runs": runs, "table": {}}
+    runs[ANALYTIC_BAYES]["learned_noise"] = [{"layer": 1, "sigma_s_over_s": 0.25}]
+    search = {"base": "analytic-proj", "chosen": "-bayes-adam", "rule": "lowest val NLL",
+              "candidates": {"-bayes": {"val_nll": 0.41, "diverged": False},
+                             "-bayes-adam": {"val_nll": 0.38, "diverged": False}}}  # fmt: skip
+    numbers = {"samples": [10, 30], "test_size": 10_000, "runs": runs, "table": {},
+               "noise_search": search}  # fmt: skip
     verdict = BayesTable().verdict(numbers)
     parts = verdict.leaves()
     # validation parts compare the last epochs' means, test parts the final models
@@ -125,3 +132,6 @@ def test_table1_verdict_is_the_papers_claims_with_our_goal_beside_it():
     assert any("goal <= 0.75" in note and "= 0.93" in note for note in verdict.notes)
     assert any("temperature-scaled" in note and "= 0.97" in note for note in verdict.notes)
     assert "notes" in verdict.to_dict()
+    # which noise the judged runs learned, and what they learned beside the paper's
+    assert any("analytic-proj-bayes-adam" in n and "-bayes 0.410" in n for n in verdict.notes)
+    assert any("0.25 (paper: 0.39 0.34" in note for note in verdict.notes)

@@ -13,7 +13,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from ..plots import plot_curves, plot_error_coverage, plot_grouped_bars, plot_robustness
+from ..plots import (
+    plot_curves,
+    plot_error_coverage,
+    plot_grouped_bars,
+    plot_learned_noise,
+    plot_robustness,
+)
 from ..runs import RunDir
 from ..stats import binomial_se
 from .base import Experiment, Lab
@@ -21,6 +27,7 @@ from .cases import (
     count_test_images,
     evaluate,
     evaluated_runs,
+    noise_search,
     profile_settings,
     run_config,
     seeded_summary,
@@ -37,11 +44,14 @@ from .verdicts import (
     paired_seeds,
 )
 
+# The Bayes runs judged: learned noise in the configuration the noise search chose on the
+# validation set (`cases.noise_search`; its candidates include the paper's setting).
+WEIGHT_BAYES, ANALYTIC_BAYES = "weight-proj-bayes-tuned", "analytic-proj-bayes-tuned"
 TABLE1_RUNS = (
-    "batch", "batch-proj", "weight-proj-bnlike", "analytic-proj-bnlike", "weight-proj-bayes",
-    "analytic-proj-bayes",
+    "batch", "batch-proj", "weight-proj-bnlike", "analytic-proj-bnlike", WEIGHT_BAYES,
+    ANALYTIC_BAYES,
 )  # fmt: skip
-COUNTERPARTS = {"weight-proj-bayes": "weight-proj", "analytic-proj-bayes": "analytic-proj"}
+COUNTERPARTS = {WEIGHT_BAYES: "weight-proj", ANALYTIC_BAYES: "analytic-proj"}
 EVALUATED_RUNS = ("none", *TABLE1_RUNS, *COUNTERPARTS.values())
 
 # Test-set NLLs closer than this fraction are not called different (the evaluation keeps
@@ -120,8 +130,11 @@ def coverage_verdict(
 
 # ---------------------------------------------------------------- Figs. 6-7, Table 1
 
-FIG6_RUNS = ("weight", "weight-proj", "weight-proj-bnlike", "weight-proj-bayes")
-FIG7_RUNS = ("analytic", "analytic-proj", "analytic-proj-bnlike", "analytic-proj-bayes")
+# Main paper section 3.5: the learned sigma_S / s per layer of All-CNN on CIFAR-10.
+PAPER_SIGMA_S_OVER_S = (0.39, 0.34, 0.18, 0.29, 0.27, 0.29, 0.31, 0.61, 0.024)
+
+FIG6_RUNS = ("weight", "weight-proj", "weight-proj-bnlike", WEIGHT_BAYES)
+FIG7_RUNS = ("analytic", "analytic-proj", "analytic-proj-bnlike", ANALYTIC_BAYES)
 
 
 def mode_name(mode: str) -> str:
@@ -150,6 +163,7 @@ class BayesTable(Experiment):
     def run(self, lab: Lab) -> dict[str, Any]:
         numbers: dict[str, Any] = {
             "samples": list(profile_settings(lab)["samples"]),
+            "noise_search": noise_search(lab),
             "runs": {},
             "table": {},
         }
@@ -188,6 +202,13 @@ class BayesTable(Experiment):
             label: {mode_name(mode): e["nll"] for mode, e in runs[label]["test"].items()}
             for label in numbers["table"]
         }
+        tracked = {k: runs[k]["history"] for k in COUNTERPARTS
+                   if k in runs and any("sigma_s_over_s" in r for r in runs[k]["history"])}  # fmt: skip
+        if tracked:  # runs trained before the history kept it have only the final values
+            figures.append(plot_learned_noise(
+                tracked, out / "table1-sigma.png", reference=PAPER_SIGMA_S_OVER_S,
+                reference_name="paper, CIFAR-10",
+            ))  # fmt: skip
         figures.append(plot_grouped_bars(
             bars, out / "table1-nll.png", ylabel="test NLL",
             title=f"Test NLL: single pass and MC averages ({numbers['test_size']} images)",
@@ -210,16 +231,15 @@ class BayesTable(Experiment):
                 f"{bayes} test NLL {mode_name(mc)} below the single pass",
             ))  # fmt: skip
         parts.append(_test_verdict(
-            runs, "analytic-proj-bayes", "single", "batch-proj", "single", "accuracy", n,
-            "test acc analytic-proj-bayes reaches batch-proj's", tolerant=True,
+            runs, ANALYTIC_BAYES, "single", "batch-proj", "single", "accuracy", n,
+            f"test acc {ANALYTIC_BAYES} reaches batch-proj's", tolerant=True,
         ))  # fmt: skip
         parts.append(_test_verdict(
-            runs, "analytic-proj-bayes", mc, "batch-proj", "single", "nll", n,
-            f"{mode_name(mc)} test NLL analytic-proj-bayes below batch-proj's single pass",
+            runs, ANALYTIC_BAYES, mc, "batch-proj", "single", "nll", n,
+            f"{mode_name(mc)} test NLL {ANALYTIC_BAYES} below batch-proj's single pass",
         ))  # fmt: skip
-        return dataclasses.replace(
-            combine(parts + diverged_parts(runs)), notes=tuple(_goal_notes(runs, mc))
-        )
+        notes = [*_search_notes(numbers), *_goal_notes(runs, mc), *_noise_notes(runs)]
+        return dataclasses.replace(combine(parts + diverged_parts(runs)), notes=tuple(notes))
 
 
 def _test_values(entry: Mapping[str, Any], mode: str, key: str) -> dict[int, float]:
@@ -268,13 +288,13 @@ def _goal_notes(runs: Mapping[str, Any], mc: str) -> list[str]:
     """Our goal for the proposed method, beside the paper's claims: its MC test NLL at most
     0.75 x BN + projection's single pass and 0.9 x BN + projection's after temperature
     scaling (the NLL a practitioner would get from BN), as mean ratios over seeds."""
-    an = _test_values(runs["analytic-proj-bayes"], mc, "nll")
+    an = _test_values(runs[ANALYTIC_BAYES], mc, "nll")
     bn = _test_values(runs["batch-proj"], "single", "nll")
     notes = []
     if set(an) & set(bn):
         ratios = [an[s] / bn[s] for s in sorted(set(an) & set(bn))]
         notes.append(
-            f"our goal: {mode_name(mc)} test NLL analytic-proj-bayes / batch-proj = "
+            f"our goal: {mode_name(mc)} test NLL {ANALYTIC_BAYES} / batch-proj = "
             f"{sum(ratios) / len(ratios):.2f} over {len(ratios)} seed(s) (goal <= 0.75)"
         )
     scaled = {s["seed"]: s["temperature_scaled"]["test"]["nll"]
@@ -282,11 +302,40 @@ def _goal_notes(runs: Mapping[str, Any], mc: str) -> list[str]:
     if set(an) & set(scaled):
         ratios = [an[s] / scaled[s] for s in sorted(set(an) & set(scaled))]
         notes.append(
-            f"our goal: {mode_name(mc)} test NLL analytic-proj-bayes / temperature-scaled "
+            f"our goal: {mode_name(mc)} test NLL {ANALYTIC_BAYES} / temperature-scaled "
             f"batch-proj = {sum(ratios) / len(ratios):.2f} (goal <= 0.9)"
         )
     else:
         notes.append("our goal against temperature-scaled batch-proj: not evaluated yet")
+    return notes
+
+
+def _search_notes(numbers: Mapping[str, Any]) -> list[str]:
+    """Which noise configuration the judged Bayes runs use, and the validation NLL of every
+    candidate of the search that chose it (records before the search: nothing)."""
+    search = numbers.get("noise_search")
+    if not search:
+        return []
+    found = ", ".join(
+        f"{suffix} {c['val_nll']:.3f}" + (" (diverged)" if c["diverged"] else "")
+        for suffix, c in search["candidates"].items()
+    )
+    return [
+        f"noise configuration of the -bayes-tuned runs: {search['base']}{search['chosen']}, "
+        f"chosen by {search['rule']} (val NLL: {found})"
+    ]
+
+
+def _noise_notes(runs: Mapping[str, Any]) -> list[str]:
+    """The learned sigma_S / s per layer of each Bayes run (its first seed, at the end of
+    training) beside the paper's (PAPER_SIGMA_S_OVER_S)."""
+    paper = " ".join(f"{v:.2f}" for v in PAPER_SIGMA_S_OVER_S)
+    notes = []
+    for label in COUNTERPARTS:
+        learned = runs.get(label, {}).get("learned_noise")
+        if learned:
+            ours = " ".join(f"{r['sigma_s_over_s']:.2f}" for r in learned)
+            notes.append(f"learned sigma_S / s per layer, {label}: {ours} (paper: {paper})")
     return notes
 
 
@@ -297,8 +346,8 @@ NEAR_ZERO = 0.01  # error at that coverage we call near zero
 AURC_MARGIN = 0.25  # "on par": AURC within this fraction of BN's
 REGULARIZED_PAIRS = (
     ("batch", "none"),
-    ("weight-proj-bayes", "weight-proj"),
-    ("analytic-proj-bayes", "analytic-proj"),
+    (WEIGHT_BAYES, "weight-proj"),
+    (ANALYTIC_BAYES, "analytic-proj"),
 )
 
 
@@ -339,19 +388,19 @@ class ErrorCoverage(Experiment):
         runs, n = numbers["runs"], numbers["test_size"]
         curves = {label: e["single"]["curve_entropy"] for label, e in runs.items()}
         parts = [coverage_verdict(better, worse, curves, n) for better, worse in REGULARIZED_PAIRS]
-        a_an = runs["analytic-proj-bayes"]["single"]["aurc_entropy"]
+        a_an = runs[ANALYTIC_BAYES]["single"]["aurc_entropy"]
         a_bn = runs["batch"]["single"]["aurc_entropy"]
-        rows = coverage_differences(curves["batch"], curves["analytic-proj-bayes"], n)
+        rows = coverage_differences(curves["batch"], curves[ANALYTIC_BAYES], n)
         se = sum(r[2] for r in rows) / len(rows)
         parts.append(compare(
             AURC_MARGIN * a_bn - abs(a_an - a_bn), se,
-            f"AURC (entropy) analytic-proj-bayes {100 * a_an:.2f}% vs batch {100 * a_bn:.2f}% "
+            f"AURC (entropy) {ANALYTIC_BAYES} {100 * a_an:.2f}% vs batch {100 * a_bn:.2f}% "
             f"('on par' = within {100 * AURC_MARGIN:.0f}% of BN's; noise: mean SE of the "
             "error difference over coverages >= 0.1)",
         ))  # fmt: skip
         c = numbers["coverage"]
         at = ", ".join(f"{k} {100 * e['error_at_60']:.2f}%" for k, e in runs.items())
-        for label in ("batch", "analytic-proj-bayes"):
+        for label in ("batch", ANALYTIC_BAYES):
             e = runs[label]["error_at_60"]
             parts.append(compare(
                 NEAR_ZERO - e, binomial_se(NEAR_ZERO, round(c * n)),
