@@ -194,7 +194,7 @@ def write_benchmark(numbers: Mapping[str, Any], out: Path, command: str) -> Path
         f"Command: `{command}` (profile `{numbers['profile']}`: width {profile.get('width', 1):.3g}"
         f", {profile.get('subset', 1):.0%} of the Fashion-MNIST training split, "
         f"{profile.get('epochs')} epochs; {numbers['seeds']} seeds per cell).",
-        f"Hardware: {', '.join(numbers['runs_trained_on']) or 'unknown'}. "
+        f"Hardware: {'; '.join(numbers['runs_trained_on']) or 'unknown'}. "
         f"Training time of the runs: {numbers['train_hours']:.1f} hours of wall-clock time "
         "(one run at a time on that hardware"
         + (
