@@ -7,10 +7,11 @@ instead (`population-broadcast`), to see which of the two communications is chea
 
     python benchmarks/ddp_scaling.py [--norms batch batch-sync analytic ...]
 
-Each case trains the quick profile's All-CNN (width 1/3) on its 5,400 Fashion-MNIST images
-at global batch 32 and lr 0.01 without evaluation, 3 epochs: the first warms up, the
-other two are timed. Three layouts: 1 process with 1 thread, 1 process with 2 threads, 2 processes with 1
-thread each; on 2 cores the last two compete for the same cores, so they show the cost of
+Each case (analytic, weight and population norm with projection) trains the quick
+profile's All-CNN (width 1/3) on its 5,400 Fashion-MNIST images at global batch 32 and
+lr 0.01 without evaluation, 3 epochs: the first warms up, the other two are timed. Three
+layouts: 1 process with 1 thread, 1 process with 2 threads, 2 processes with 1 thread
+each; on 2 cores the last two compete for the same cores, so they show the cost of
 communication and of splitting the batch, not the gain of more devices.
 """
 

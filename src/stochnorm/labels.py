@@ -122,7 +122,8 @@ def with_bn_noise(settings: dict[str, Any], summary: dict[str, Any]) -> dict[str
 
 def format_label(settings: dict[str, Any]) -> str:
     """The label of a configuration's settings (a TrainConfig's `to_dict()` or the output
-    of `parse_label`): the inverse of `parse_label` on the settings a label can name."""
+    of `parse_label`): the inverse of `parse_label` on the settings a label can name
+    ("-bayes-tuned" names none: its settings, once resolved, get their own label)."""
     norm = Norm.parse(settings.get("norm", Norm.BATCH.value))
     parts = [norm.value]
     if settings.get("project"):

@@ -5,12 +5,14 @@ import json
 import pytest
 
 from stochnorm.cli import build_parser
+from stochnorm.config import TrainConfig
 from stochnorm.errors import ConfigError
 from stochnorm.experiments import Lab
 from stochnorm.experiments.cases import (
     NOISE_CANDIDATES,
     NOISE_SEARCH_BASE,
     PROFILE_SETTINGS,
+    SEARCH_SEED_OFFSET,
     noise_search,
     run_config,
 )
@@ -35,20 +37,29 @@ def test_tuned_noise_is_the_candidate_of_lowest_validation_nll(tmp_path):
     lab = Lab("demo", tmp_path, overrides=TINY)
     search = noise_search(lab)
     assert set(search["candidates"]) == set(NOISE_CANDIDATES)
-    # the validation NLLs are the runs' own, read back independently
+    # the validation NLLs are the runs' own, read back independently; the search's seed
     for suffix, c in search["candidates"].items():
         run = RunDir(c["run"])
-        assert run.config() == run_config(lab, NOISE_SEARCH_BASE + suffix).replace(lr=c["lr"])
+        assert run.config() == run_config(lab, NOISE_SEARCH_BASE + suffix).replace(
+            lr=c["lr"], seed=lab.seed + SEARCH_SEED_OFFSET)  # fmt: skip
         assert c["val_nll"] == run.metrics()["final"]["val"]["nll"]
     lowest = min(search["candidates"], key=lambda k: search["candidates"][k]["val_nll"])
     assert search["chosen"] == lowest
-    # -bayes-tuned resolves to that configuration, for weight norm too
-    chosen = run_config(lab, NOISE_SEARCH_BASE + lowest)
-    assert run_config(lab, "analytic-proj-bayes-tuned") == chosen
+    # make Adam from BN's sigma_U the winner: -bayes-tuned follows it, for weight norm too
+    path = RunDir(search["candidates"]["-bayes-sbn-adam"]["run"]).metrics_path
+    saved = json.loads(path.read_text())
+    saved["final"]["val"]["nll"] = 0.0
+    path.write_text(json.dumps(saved))
+    assert noise_search(lab)["chosen"] == "-bayes-sbn-adam"
+    tuned = run_config(lab, "analytic-proj-bayes-tuned")
+    assert tuned == run_config(lab, "analytic-proj-bayes-sbn-adam")
+    assert tuned.seed == lab.seed and tuned.noise_optimizer == "adam"
     weight = run_config(lab, "weight-proj-bayes-tuned")
-    assert weight.norm == "weight" and weight.noise == "bayes"
-    assert (weight.noise_optimizer, weight.noise_lr_factor, weight.sigma_s) == (
-        chosen.noise_optimizer, chosen.noise_lr_factor, chosen.sigma_s)  # fmt: skip
+    assert (weight.norm, weight.noise, weight.noise_optimizer) == ("weight", "bayes", "adam")
+    assert weight.sigma_s == tuned.sigma_s != TrainConfig().sigma_s  # BN's sigma_U per layer
+    # the judged run is trained afresh at the lab's seed, not the search's winner reused
+    judged = lab.train_seeds(tuned, label="analytic-proj-bayes-tuned")[0]
+    assert judged.path != path.parent and judged.config().seed == lab.seed
 
 
 def test_a_diverged_candidate_is_never_chosen(tmp_path):

@@ -322,19 +322,20 @@ def _search_notes(numbers: Mapping[str, Any]) -> list[str]:
     )
     return [
         f"noise configuration of the -bayes-tuned runs: {search['base']}{search['chosen']}, "
-        f"chosen by {search['rule']} (val NLL: {found})"
+        f"chosen by {search['rule']} (seed {search.get('seed', '?')}; val NLL: {found}); "
+        "the validation parts compare a setting chosen on the validation set"
     ]
 
 
 def _noise_notes(runs: Mapping[str, Any]) -> list[str]:
     """The learned sigma_S / s per layer of each Bayes run (its first seed, at the end of
     training) beside the paper's (PAPER_SIGMA_S_OVER_S)."""
-    paper = " ".join(f"{v:.2f}" for v in PAPER_SIGMA_S_OVER_S)
+    paper = " ".join(f"{v:.2g}" for v in PAPER_SIGMA_S_OVER_S)
     notes = []
     for label in COUNTERPARTS:
         learned = runs.get(label, {}).get("learned_noise")
         if learned:
-            ours = " ".join(f"{r['sigma_s_over_s']:.2f}" for r in learned)
+            ours = " ".join(f"{r['sigma_s_over_s']:.2g}" for r in learned)
             notes.append(f"learned sigma_S / s per layer, {label}: {ours} (paper: {paper})")
     return notes
 

@@ -101,8 +101,9 @@ class Fig9Segmentation(Experiment):
                 evaluation = lab.evaluate(run, (samples,), robustness_size=0)
                 mode = f"mc{samples}" if evaluation["samples"] else "single"
                 val = evaluation["test"][mode]  # the segmentation sets' test split is val
-                cfg, data, model = load_run(run.path)
-                single = predict_probs(model, data.val, batch_size=cfg.eval_batch_size)
+                cfg, data, model = load_run(run.path, device=lab.device)
+                single = predict_probs(model, data.val, batch_size=cfg.eval_batch_size,
+                                       device=lab.device)  # fmt: skip
                 seeds.append({
                     "seed": found["config"]["seed"], "run": str(run.path), "mode": mode,
                     "diverged": found.get("diverged", False),
