@@ -10,7 +10,13 @@ from stochnorm.checkpoint import load_json
 from stochnorm.config import TrainConfig
 from stochnorm.errors import ConfigError
 from stochnorm.labelled import label_config
-from stochnorm.labels import POPULATION_GAMMA_DECAY, SIGMA_FROM_BN, format_label, parse_label
+from stochnorm.labels import (
+    POPULATION_GAMMA_DECAY,
+    SIGMA_FROM_BN,
+    format_label,
+    parse_label,
+    without_search,
+)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "quick"
 BN_NOISE = RESULTS.parent / "bn-noise" / "bn-noise.json"
@@ -103,3 +109,15 @@ def test_learned_noise_from_bns_level_with_adam():
     assert format_label(cfg.to_dict()) == label
     with pytest.raises(ConfigError, match="needs --noise-from"):
         label_config(label, "quick")
+
+
+def test_a_tuned_label_needs_the_labs_noise_search():
+    assert without_search("analytic-proj-bayes-sbn-adam") == parse_label(
+        "analytic-proj-bayes-sbn-adam"
+    )
+    assert parse_label("weight-proj-bayes-tuned")["noise"] == "bayes"
+    with pytest.raises(ConfigError, match="noise search of `stochnorm reproduce table1-bayes`"):
+        without_search("weight-proj-bayes-tuned")
+    for combined in ("analytic-proj-bayes-sbn-tuned", "analytic-proj-bayes-adam-tuned"):
+        with pytest.raises(ConfigError, match="-tuned takes its noise settings"):
+            parse_label(combined)

@@ -16,7 +16,7 @@ from .checkpoint import load_json, save_json
 from .config import TrainConfig
 from .errors import ConfigError
 from .evaluation import evaluate_run
-from .labels import TUNED, needs_bn_noise, parse_label, with_bn_noise
+from .labels import needs_bn_noise, with_bn_noise, without_search
 from .lr_search import lr_find
 from .runs import RunDir
 from .train import train
@@ -45,12 +45,7 @@ def label_config(
     """The configuration of run `label` in `profile`, with `overrides` on top (their lr is
     the profile's unless overridden); a "-bnlike" label takes its sigmas from `noise_from`,
     and a "-sbn" label its initial sigma_S per layer (BN's measured sigma_U)."""
-    settings = parse_label(label)
-    if settings.get(TUNED):
-        raise ConfigError(
-            f"{label}: the tuned noise comes from the noise search of `stochnorm reproduce "
-            "table1-bayes`; name its settings instead (e.g. -bayes-sbn-adam)"
-        )
+    settings = without_search(label)
     if needs_bn_noise(settings):
         if noise_from is None:
             raise ConfigError(f"{label}: BN's measured noise needs --noise-from BN_NOISE_JSON")

@@ -100,6 +100,18 @@ def parse_label(label: str) -> dict[str, Any]:
     return settings
 
 
+def without_search(label: str) -> dict[str, Any]:
+    """`parse_label(label)` for a caller that has no noise search to resolve "-bayes-tuned"
+    with (only the reproduction lab has one): such a label is a ConfigError that says so."""
+    settings = parse_label(label)
+    if settings.get(TUNED):
+        raise ConfigError(
+            f"{label}: the tuned noise comes from the noise search of `stochnorm reproduce "
+            "table1-bayes`; name its settings instead (e.g. -bayes-sbn-adam)"
+        )
+    return settings
+
+
 def needs_bn_noise(settings: dict[str, Any]) -> bool:
     """Whether parsed label settings take values from a BN noise measurement (BN-like noise,
     or learned noise starting at BN's level)."""

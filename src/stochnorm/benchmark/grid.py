@@ -23,7 +23,7 @@ from typing import Any
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..experiments.base import Lab
-from ..labels import parse_label
+from ..labels import without_search
 from ..runs import RunDir
 
 REFERENCE_BATCH = 32  # the batch size at which every method's rate is searched
@@ -161,7 +161,7 @@ class Benchmark:
 
     def _probe(self, method: str, batch_size: int) -> TrainConfig:
         """The configuration whose rate search gives `method`'s rate at `batch_size`."""
-        return self.lr_lab.config(**parse_label(method), batch_size=batch_size)
+        return self.lr_lab.config(**without_search(method), batch_size=batch_size)
 
     def lr_check(self, *, search: bool = True) -> dict[str, dict[str, float | None]]:
         """For each of RULE_CHECKED: the rate the linear rule gives at batch CHECK_BATCH and
@@ -179,7 +179,7 @@ class Benchmark:
         lr = self.lr(cell.method, r.batch_size, search=search)
         if lr is None:
             return None
-        cfg = self.lab.config(**parse_label(r.label(cell.method)), batch_size=r.batch_size)
+        cfg = self.lab.config(**without_search(r.label(cell.method)), batch_size=r.batch_size)
         return cfg.replace(seed=cell.seed, lr=lr)
 
     def run(self, cell: Cell) -> RunDir:

@@ -24,7 +24,7 @@ import torch
 
 from .. import metrics
 from ..evaluation import load_run
-from ..labels import parse_label
+from ..labels import without_search
 from ..plots import plot_curves, plot_image_rows
 from ..prediction import predict_probs
 from ..stats import mean_and_error
@@ -56,7 +56,7 @@ REPORTED = ("iou", "dice", "nll", "accuracy")
 
 
 def run_config(lab: Lab, label: str):
-    return lab.config(**{**per_profile(lab, SETTINGS), **parse_label(label)})
+    return lab.config(**{**per_profile(lab, SETTINGS), **without_search(label)})
 
 
 def held_out_temperature(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
