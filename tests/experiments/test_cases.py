@@ -60,16 +60,10 @@ def test_tuned_noise_is_the_candidate_of_lowest_validation_nll(tmp_path):
     # the judged run is trained afresh at the lab's seed, not the search's winner reused
     judged = lab.train_seeds(tuned, label="analytic-proj-bayes-tuned")[0]
     assert judged.path != path.parent and judged.config().seed == lab.seed
-
-
-def test_a_diverged_candidate_is_never_chosen(tmp_path):
-    lab = Lab("demo", tmp_path, overrides=TINY)
-    search = noise_search(lab)
-    best = search["chosen"]
-    path = RunDir(search["candidates"][best]["run"]).metrics_path
-    saved = json.loads(path.read_text())
+    # a diverged run is never chosen, however low its validation NLL
     path.write_text(json.dumps({**saved, "diverged": True}))
-    assert noise_search(lab)["chosen"] != best
+    others = {k: c["val_nll"] for k, c in search["candidates"].items() if k != "-bayes-sbn-adam"}
+    assert noise_search(lab)["chosen"] == min(others, key=others.get)
 
 
 def test_tuned_noise_outside_the_lab_is_an_error_that_says_so():
