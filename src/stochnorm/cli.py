@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile", choices=list(PROFILES), default="demo",
         help="size of every run: demo (default; minutes, tabulated learning rates), quick "
-        "(width 1/3, 60 epochs, learning rate searched per run; hours on a CPU), full (GPU)",
+        "(width 1/3, 60 epochs, learning rate searched per run; hours on a CPU), regime "
+        "(1,080 images fitted to training loss ~0, as in the paper), full (GPU)",
     )  # fmt: skip
     p.add_argument("--out", help="output directory (default: runs/reproduce/PROFILE)")
     p.add_argument("--seed", type=_number(int), default=0, help="seed of every run (0)")
