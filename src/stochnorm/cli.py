@@ -62,7 +62,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         "--profile", choices=list(PROFILES), default="quick",
         help="preset of width, subset and schedule that the flags below override "
         "(demo: ~1.5 min a run; quick: width 1/3 on 5,400 images, ~10 min; regime: 1,080 images "
-        "without augmentation fitted to training loss ~0, ~13 min; quick-full: the "
+        "without augmentation fitted to training loss ~0, ~5 min; quick-full: the "
         "whole training split, ~80 s an epoch; full: the paper's width and 1200 epochs, for a GPU)",
     )  # fmt: skip
     for flag, (_, kind, text) in CONFIG_FLAGS.items():

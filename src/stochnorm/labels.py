@@ -36,6 +36,7 @@ from .norms import Norm
 POPULATION_GAMMA_DECAY = 1e-4  # population norm's default gamma decay in a label
 SIGMA_FROM_BN = "bn"  # parse_label's sigma_s for "-sbn": the caller puts BN's sigma_U there
 TUNED = "tuned_noise"  # parse_label's marker for "-bayes-tuned" (no TrainConfig setting)
+TUNED_SUFFIX = "-bayes-tuned"
 
 _NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?"
 _GRAMMAR = re.compile(

@@ -21,7 +21,7 @@ from ..checkpoint import load_json, save_json
 from ..config import TrainConfig
 from ..errors import StochnormError
 from ..evaluation import measure_bn_noise
-from ..labels import TUNED, needs_bn_noise, parse_label, with_bn_noise
+from ..labels import TUNED, TUNED_SUFFIX, needs_bn_noise, parse_label, with_bn_noise
 from ..runs import RunDir
 from ..stats import tail_mean
 from ..train import prepare_data
@@ -93,7 +93,9 @@ def run_config(lab: Lab, label: str) -> TrainConfig:
 # section 3.5 reports sigma_S / s of 0.02-0.6; the quick runs' stayed near 0.1).
 NOISE_CANDIDATES = ("-bayes", "-bayes-f30", "-bayes-sbn", "-bayes-adam", "-bayes-sbn-adam")
 NOISE_SEARCH_BASE = "analytic-proj"  # the proposed method; weight norm takes its choice
-TUNED_SUFFIX = "-bayes-tuned"
+# The Bayes runs the experiments judge (Table 1, Figs. 6-7, A.2-A.4): learned noise in the
+# configuration the noise search chose (its candidates include the paper's setting).
+WEIGHT_BAYES, ANALYTIC_BAYES = "weight-proj" + TUNED_SUFFIX, NOISE_SEARCH_BASE + TUNED_SUFFIX
 # The search's runs have seed lab.seed + SEARCH_SEED_OFFSET (their own initialization,
 # batch order and noise), so that the judged runs (seeds lab.seed, lab.seed + 1, ...) are
 # trained afresh, not the one run that won on the validation set.

@@ -24,6 +24,8 @@ from ..runs import RunDir
 from ..stats import binomial_se
 from .base import Experiment, Lab
 from .cases import (
+    ANALYTIC_BAYES,
+    WEIGHT_BAYES,
     count_test_images,
     evaluate,
     evaluated_runs,
@@ -44,9 +46,6 @@ from .verdicts import (
     paired_seeds,
 )
 
-# The Bayes runs judged: learned noise in the configuration the noise search chose on the
-# validation set (`cases.noise_search`; its candidates include the paper's setting).
-WEIGHT_BAYES, ANALYTIC_BAYES = "weight-proj-bayes-tuned", "analytic-proj-bayes-tuned"
 TABLE1_RUNS = (
     "batch", "batch-proj", "weight-proj-bnlike", "analytic-proj-bnlike", WEIGHT_BAYES,
     ANALYTIC_BAYES,

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..plots import plot_curve_rows, plot_curves, plot_seed_spread
 from ..stats import iterate_spread, tail_mean
 from .base import Experiment, Lab
-from .cases import run_config, run_summary
+from .cases import ANALYTIC_BAYES, run_config, run_summary
 from .verdicts import (
     INCONCLUSIVE,
     ITERATE_RULE,
@@ -278,7 +278,7 @@ DEFAULT_SEEDS = 3
 # cost little.
 A2_CASES = {
     "demo": ("batch",),
-    "default": ("batch", "analytic-proj-bayes-tuned", "analytic-proj"),
+    "default": ("batch", ANALYTIC_BAYES, "analytic-proj"),
 }
 
 
