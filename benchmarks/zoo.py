@@ -5,6 +5,7 @@ and, for analytic norm, the propagated against the measured statistics at initia
 real images (Fashion-MNIST test images, resized and repeated to 3 channels).
 
     python benchmarks/zoo.py [--models resnet18 ...] [--size 64] [--batch 8] [--out FILE]
+    python benchmarks/zoo.py --statistics-only --out results/benchmarks/zoo-statistics.md
 
 Needs timm (and torchvision, which timm imports). Models are built untrained
 (`pretrained=False`, 10 classes). Timings are interleaved (`timing.interleaved`).
@@ -30,7 +31,12 @@ from torch.nn import functional as F
 from stochnorm.checkpoint import atomic_write
 from stochnorm.convert import convert, fold
 from stochnorm.data import fashion_mnist
-from stochnorm.diagnostics import analytic_statistics, independence_error
+from stochnorm.diagnostics import (
+    analytic_statistics,
+    independence_error,
+    rule_error_summary,
+    rule_errors,
+)
 from stochnorm.provenance import hardware
 
 MODELS = ("resnet18", "resnet50", "mobilenetv3_small_100", "efficientnet_b0", "regnetx_002",
@@ -112,7 +118,8 @@ def measure(name: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tenso
     torch.manual_seed(0)
     source = warmed_batch_norm(build(name), x)
     converted, rows = {}, {}
-    for case, (norm, noise) in CASES.items():
+    cases = {"analytic": CASES["analytic"]} if args.statistics_only else CASES
+    for case, (norm, noise) in cases.items():
         row: dict = {}
         inputs = x if norm == "analytic" else None
         try:
@@ -136,11 +143,12 @@ def measure(name: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tenso
             row["convert"] = f"{type(exc).__name__}: {short(exc)}"
             rows[case] = row
             continue
-        row["steps"] = try_steps(model, x, y)
-        try:
-            row["fold"] = fold_difference(model, x)
-        except Exception as exc:
-            row["fold"] = f"{type(exc).__name__}: {short(exc)}"
+        if not args.statistics_only:
+            row["steps"] = try_steps(model, x, y)
+            try:
+                row["fold"] = fold_difference(model, x)
+            except Exception as exc:
+                row["fold"] = f"{type(exc).__name__}: {short(exc)}"
         if norm == "analytic" and noise is None and row["convert"] == "ok":
             fresh = convert(source, "analytic", inputs=x).eval()
             row["an_stats"] = analytic_statistics(fresh, x, batch_size=64)
@@ -149,8 +157,11 @@ def measure(name: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tenso
                 row["independence"] = [r["independent"] for r in found[1:]]  # 1st: exact
             except ValueError as exc:  # e.g. no normalization bound to a layer
                 row["independence"] = short(exc, 40)
+            row["rules"] = rule_error_summary(rule_errors(fresh, x, batch_size=64))
         converted[case] = model
         rows[case] = row
+    if args.statistics_only:
+        return rows
     xb, yb = x[: args.batch], y[: args.batch]
     times = interleaved({c: train_step(m, xb, yb) for c, m in converted.items()}, args.repeats)
     for case, seconds in times.items():
@@ -178,7 +189,8 @@ def write(results: dict[str, dict], args: argparse.Namespace, out: Path) -> None
         "# convert() on the model zoo",
         "",
         f"Command: `python benchmarks/zoo.py --size {args.size} --batch {args.batch} "
-        f"--repeats {args.repeats}`. {hardware()}; torch {torch.__version__}, timm "
+        f"--repeats {args.repeats}{' --statistics-only' if args.statistics_only else ''}`. "
+        f"{hardware()}; torch {torch.__version__}, timm "
         f"{timm.__version__}, Python {platform.python_version()}.",
         "",
         f"Untrained models (10 classes) on {args.images} Fashion-MNIST test images resized to "
@@ -196,10 +208,13 @@ def write(results: dict[str, dict], args: argparse.Namespace, out: Path) -> None
         "the true one when it is given the layer's true input moments "
         "(`diagnostics.independence_error`: the independence assumption by itself).",
         "",
-        "| model | norm | convert | steps at batch 1, 2 | fold | step / BN | BN step ms |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if not args.statistics_only:
+        lines += ["| model | norm | convert | steps at batch 1, 2 | fold | step / BN | BN step ms |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, rows in results.items():
+        if args.statistics_only:
+            break
         bn_ms = rows.get("batch", {}).get("step_ms")
         for case, row in rows.items():
             ratio = row.get("step_vs_bn")
@@ -230,8 +245,36 @@ def write(results: dict[str, dict], args: argparse.Namespace, out: Path) -> None
         if stats and name in ("resnet18", "tv-resnet18"):
             lines += ["", f"Per layer, {name}: " + ", ".join(
                 f"{r['sigma_ratio_mean']:.2f}" for r in stats)]  # fmt: skip
+    lines += rules_section(results)
     text = "\n".join(lines) + "\n"
     atomic_write(out, lambda f: f.write(text.encode()))
+
+
+def rules_section(results: dict[str, dict]) -> list[str]:
+    """Lines of the table of every rule on its own (`diagnostics.rule_errors`), per model and
+    operation: median (min - max) over the steps of that operation of the rule's sigma over
+    the true one, given the true input moments, and the median mean error."""
+    found = {
+        n: r["analytic"]["rules"] for n, r in results.items() if "rules" in r.get("analytic", {})
+    }
+    if not found:
+        return []
+    lines = ["", "## Each rule on its own", "",
+             "Per operation, the rule given the true moments of its inputs "
+             "(`diagnostics.rule_errors`): sigma_rule / sigma_true, median over channels, then "
+             "the median (min - max) over the operation's steps; last column the median "
+             "abs(mu_rule - mu_true) / sigma_true. Below 1 the rule underestimates the spread; "
+             "errors multiply along the network.", "",
+             "| model | operation | steps | sigma_rule / sigma_true | mean error |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, summary in found.items():
+        for operation, s in summary.items():
+            lines.append(
+                f"| {name} | {operation} | {s['steps']} | {s['sigma_ratio_median']:.2f} "
+                f"({s['sigma_ratio_min']:.2f} - {s['sigma_ratio_max']:.2f}) | "
+                f"{s['mean_error_median']:.2f} |"
+            )
+    return lines
 
 
 def main() -> None:
@@ -242,6 +285,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/zoo.md"))
+    parser.add_argument(
+        "--statistics-only", action="store_true",
+        help="only analytic norm's statistics and rules (no other norms, steps or timing)",
+    )  # fmt: skip
     args = parser.parse_args()
     x, y = real_images(args.images, args.size)
     results = {}

@@ -71,6 +71,7 @@ def test_an_stats_command(tmp_path, capsys):
     assert main([*args, "--out", str(out), "--no-progress"]) == 0
     text = (out / "an-stats.md").read_text()
     assert "| 1 | 10 | 0.000 | 1.000 |" in text
+    assert "| layer1_conv | Conv2d | 1.000 | 0.000 | 1.000 | 0.000 |" in text  # exact first layer
     assert (out / "an-stats.json").exists()
 
 

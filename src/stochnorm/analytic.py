@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -231,6 +231,45 @@ class MomentPropagation(nn.Module):
                 env.append(self._rule(model, step, env))
         return {step.name: state for step, state in zip(self.plan, env, strict=True)}
 
+    def execute(self, model: nn.Module, x: Tensor) -> Iterator[tuple[_Step, Any]]:
+        """Run `model` on `x` step by step along the plan, each module as it is (e.g. in eval
+        mode), yielding every step with its output as soon as it is computed (a later
+        in-place operation may change it): the quantities whose moments the rules estimate,
+        measured."""
+        values: list[Any] = []
+        for step in self.plan:
+            args, kwargs = _resolve(step.args, values), _resolve(step.kwargs, values)
+            if step.op == "placeholder":
+                value = x if not values else None
+            elif step.op == "get_attr":
+                value = model
+                for part in step.target.split("."):
+                    value = getattr(value, part)
+            elif step.op == "call_module":
+                value = model.get_submodule(step.target)(*args, **kwargs)
+            elif step.op == "call_function":
+                value = step.target(*args, **kwargs)
+            else:  # call_method
+                value = getattr(args[0], step.target)(*args[1:], **kwargs)
+            values.append(value)
+            yield step, value
+
+    def rules_given(self, model: nn.Module, given: Sequence[State | None]) -> list[State | None]:
+        """Every step's rule applied to `given` states of its inputs (in plan order, e.g. the
+        true moments measured on data) instead of the propagated ones, so that each rule's
+        own error shows. Normalization steps give None: their output moments hold by
+        construction, and their statistics are left as they are."""
+        found: list[State | None] = []
+        for step in self.plan:
+            module = model.get_submodule(step.target) if step.op == "call_module" else None
+            if step.op == "placeholder" or isinstance(
+                module, _Normalization | nn.modules.batchnorm._BatchNorm
+            ):
+                found.append(None)
+            else:
+                found.append(self._rule(model, step, list(given)))
+        return found
+
     def _rule(self, model: nn.Module, node: _Step, env: list) -> State | None:
         inputs = [env[a.index] if isinstance(a, _Ref) else a for a in node.args]
         first = inputs[0] if inputs else None
@@ -376,6 +415,17 @@ class MomentPropagation(nn.Module):
         if isinstance(module, nn.Identity | nn.Dropout | nn.Dropout2d):
             return state
         return None
+
+
+def _resolve(args: Any, values: list) -> Any:
+    """`args` of a step with every `_Ref` replaced by the value it refers to."""
+    if isinstance(args, _Ref):
+        return values[args.index]
+    if isinstance(args, tuple | list):
+        return type(args)(_resolve(a, values) for a in args)
+    if isinstance(args, dict):
+        return {k: _resolve(v, values) for k, v in args.items()}
+    return args
 
 
 def _product(inputs: Sequence[Any]) -> State | None:

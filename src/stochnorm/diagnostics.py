@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import data as datasets
+from .analytic import State, propagation_of
 from .norms import AnalyticNorm, BatchNorm, normalizations
 from .norms import gamma_decay as scale_penalty
 from .stats import chi2_cdf, ks_statistic, loglog_fit
@@ -477,3 +478,108 @@ def independence_error(
             "patches": len(rows_),
         })  # fmt: skip
     return rows
+
+
+def _operation(model: nn.Module, step: Any) -> str:
+    """What a step of the propagation's plan computes, in a word (a module's class name, a
+    function's or method's name)."""
+    if step.op == "call_module":
+        return type(model.get_submodule(step.target)).__name__
+    return getattr(step.target, "__name__", str(step.target))
+
+
+@torch.no_grad()
+def rule_errors(model: nn.Module, x: Tensor, *, batch_size: int = 500) -> list[dict[str, Any]]:
+    """Where analytic norm's estimates go wrong: for every step of the moment propagation
+    that has a rule (conv, activation, pooling, residual addition, ...), the rule's own
+    error given the true moments of its inputs, beside the error of the propagated estimate
+    that carries all errors before it.
+
+    The true per-channel moments of every step's output are measured on `x` with the model
+    in eval mode; the propagation is first run from the current weights (setting the
+    statistics, as a training forward does). Per step, medians over channels (channels with
+    a true sd below 1e-6 left out) of sigma_rule / sigma_true and |mu_rule - mu_true| /
+    sigma_true ("own_*", the rule given the true inputs) and the same for the propagated
+    estimate. Left out: normalization steps (their output moments hold by construction) and
+    steps whose rule and operation both pass the input's moments on (identity, dropout in
+    eval, flatten: exact).
+    """
+    propagation = propagation_of(model)
+    if propagation is None:
+        raise ValueError("the model has no moment propagation (no analytic normalization)")
+    propagated = propagation.propagate(model, x.shape[1], tuple(x.shape[2:]))
+    steps = propagation.plan
+    sums: list[list | None] = [None] * len(steps)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch, _ in datasets.batches(datasets.Split(x, torch.zeros(len(x))), batch_size):
+            for i, (_, value) in enumerate(propagation.execute(model, batch)):
+                if not (
+                    isinstance(value, Tensor) and value.is_floating_point() and value.ndim >= 2
+                ):
+                    continue
+                u = value.double()
+                dims = [0, *range(2, u.ndim)]
+                entry = sums[i] or [0.0, 0.0, 0, tuple(u.shape[2:])]
+                entry[0] = entry[0] + u.sum(dims)
+                entry[1] = entry[1] + u.pow(2).sum(dims)
+                entry[2] += u.numel() // u.shape[1]
+                sums[i] = entry
+    finally:
+        model.train(was_training)
+    param = next(model.parameters())
+    true: list[Any] = []
+    for entry in sums:
+        if entry is None:
+            true.append(None)
+            continue
+        total, total_sq, count, size = entry
+        mean = total / count
+        var = (total_sq / count - mean.pow(2)).clamp_min(0)
+        true.append((mean.to(param), var.to(param), size))
+    own = propagation.rules_given(model, true)
+    rows = []
+    for step, measured, alone, carried in zip(steps, true, own, propagated.values(), strict=True):
+        if measured is None or alone is None or alone[0].shape != measured[0].shape:
+            continue
+        if any(
+            t is not None and alone[0] is t[0] and alone[1] is t[1]
+            and torch.allclose(t[0], measured[0]) and torch.allclose(t[1], measured[1])
+            for t in true
+        ):  # fmt: skip
+            continue  # the step passes its input on (identity, dropout, flatten): exact
+        mean, sd = measured[0].double(), measured[1].double().sqrt()
+        kept = sd > 1e-6
+
+        def errors(state: State, mean=mean, sd=sd, kept=kept) -> tuple[float, float]:
+            est_mean, est_sd = state[0].double()[kept], state[1].double()[kept].sqrt()
+            ratio = (est_sd / sd[kept]).median().item()
+            return ratio, ((est_mean - mean[kept]).abs() / sd[kept]).median().item()
+
+        row = {"step": step.name, "operation": _operation(model, step)}
+        row["own_sigma_ratio"], row["own_mean_error"] = errors(alone)
+        if carried is not None:
+            row["sigma_ratio"], row["mean_error"] = errors(carried)
+        rows.append(row)
+    return rows
+
+
+def rule_error_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """`rule_errors` rows per operation: how many steps, and the median, min and max over
+    them of the rule's own sigma ratio, and the median of its own mean error."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        found.setdefault(row["operation"], []).append(row)
+    summary = {}
+    for operation, group in found.items():
+        ratios = torch.tensor([r["own_sigma_ratio"] for r in group])
+        errors = torch.tensor([r["own_mean_error"] for r in group])
+        summary[operation] = {
+            "steps": len(group),
+            "sigma_ratio_median": ratios.median().item(),
+            "sigma_ratio_min": ratios.min().item(),
+            "sigma_ratio_max": ratios.max().item(),
+            "mean_error_median": errors.median().item(),
+        }
+    return summary

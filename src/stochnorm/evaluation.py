@@ -14,7 +14,13 @@ from . import data as datasets
 from . import metrics
 from .checkpoint import save_json
 from .config import TrainConfig
-from .diagnostics import analytic_statistics, bn_noise, independence_error, summarize_bn_noise
+from .diagnostics import (
+    analytic_statistics,
+    bn_noise,
+    independence_error,
+    rule_errors,
+    summarize_bn_noise,
+)
 from .errors import ConfigError
 from .noise import noise_modules
 from .plots import plot_error_coverage, plot_robustness
@@ -181,9 +187,10 @@ def measure_bn_noise(
 def diagnose_analytic(cfg: TrainConfig, data: datasets.Splits, model: nn.Module) -> dict[str, Any]:
     """Analytic norm's estimated statistics against the true ones on the whole augmented
     training split (`diagnostics.analytic_statistics`, after one training forward that sets
-    them from the current weights) and the independence error of each layer's rule
-    (`diagnostics.independence_error`): {"images", "exact_first_layer", "rows",
-    "independence_error"} (`stochnorm diagnose an-stats`)."""
+    them from the current weights), the independence error of each layer's rule
+    (`diagnostics.independence_error`) and every rule's own error given its true inputs
+    (`diagnostics.rule_errors`): {"images", "exact_first_layer", "rows",
+    "independence_error", "rule_errors"} (`stochnorm diagnose an-stats`)."""
     x = training_inputs(data, cfg, count=len(data.train))
     model.train()(x[:1])  # statistics from the current weights
     return {
@@ -191,4 +198,5 @@ def diagnose_analytic(cfg: TrainConfig, data: datasets.Splits, model: nn.Module)
         "exact_first_layer": cfg.exact_first_layer,
         "rows": analytic_statistics(model, x),
         "independence_error": independence_error(model, x),
+        "rule_errors": rule_errors(model, x),
     }

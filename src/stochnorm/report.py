@@ -295,7 +295,32 @@ def analytic_statistics_markdown(found: dict[str, Any], stage: str) -> str:
         lines.append(
             f"| {r['layer']} | {r['independent']:.3f} | {r['spatial']:.3f} | {r['channel']:.3f} |"
         )
+    if found.get("rule_errors"):
+        lines += ["", *rule_errors_markdown(found["rule_errors"])]
     return "\n".join(lines) + "\n"
+
+
+def rule_errors_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines of the table of `diagnostics.rule_errors`: every rule on its own (given the
+    true moments of its inputs) beside the propagated estimate."""
+    lines = [
+        "Every step's rule on its own, given the true moments of its inputs, beside the "
+        "propagated estimate that carries the errors of all steps before it (medians over "
+        "channels; normalizations and exact pass-throughs left out):",
+        "",
+        "| step | operation | own rule: sigma / sigma_true | abs(mu - mu_true) / sigma_true "
+        "| propagated: sigma / sigma_true | abs(mu - mu_true) / sigma_true |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        carried = (
+            f"{r['sigma_ratio']:.3f} | {r['mean_error']:.3f}" if "sigma_ratio" in r else "- | -"
+        )
+        lines.append(
+            f"| {r['step']} | {r['operation']} | {r['own_sigma_ratio']:.3f} | "
+            f"{r['own_mean_error']:.3f} | {carried} |"
+        )
+    return lines
 
 
 def bn_noise_markdown(run: str | Path, summary: dict[str, Any], batches: int) -> str:
