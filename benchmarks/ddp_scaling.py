@@ -3,7 +3,8 @@ engine (`stochnorm.train`, DistributedDataParallel over gloo) with 1 and 2 proce
 batch norm (each process's statistics), synchronized batch norm, analytic, weight and
 population norm (whose estimates come from the global batch: two all-reduces per layer),
 and population norm with each process's statistics and rank 0's estimates broadcast
-instead (`population-broadcast`), to see which of the two communications is cheaper.
+instead (`population-broadcast`, `--population-sync broadcast`), to see which of the two
+communications is cheaper.
 
     python benchmarks/ddp_scaling.py [--norms batch batch-sync analytic ...]
 
@@ -30,7 +31,6 @@ import torch.multiprocessing as mp
 from torch import distributed as dist
 
 from stochnorm import TrainConfig, train
-from stochnorm.norms import PopulationNorm
 from stochnorm.provenance import hardware
 
 # name -> TrainConfig overrides; one rate that every case trains at without diverging
@@ -41,12 +41,8 @@ CASES = {
     "analytic": {"norm": "analytic", "project": True},
     "weight": {"norm": "weight", "project": True},
     "population": {"norm": "population", "project": True},
-    "population-broadcast": {"norm": "population", "project": True},
+    "population-broadcast": {"norm": "population", "project": True, "population_sync": "broadcast"},
 }
-# The alternative to population norm's all-reduced statistics (not what the engine does):
-# each process normalizes by its own batch and DDP broadcasts rank 0's estimates at every
-# forward, as for unsynchronized batch norm; timed to see which communication is cheaper.
-BROADCAST = "population-broadcast"
 LR = 0.01
 EPOCHS = 3  # the first warms up, the others are timed
 LAYOUTS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process)
@@ -60,8 +56,6 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, threads: int, port: int, name: str, out: str) -> None:
     torch.set_num_threads(threads)
-    if name == BROADCAST:  # this process only: its population norms keep their own batch
-        PopulationNorm.sync = property(lambda self: False, lambda self, value: None)
     overrides = {**CASES[name], "epochs": EPOCHS, "lr": LR}
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -9,7 +9,7 @@ from stochnorm import data as datasets
 from stochnorm.bayes import elbo_loss_term
 from stochnorm.errors import ConfigError
 from stochnorm.noise import noise_modules
-from stochnorm.norms import BatchNorm, normalizations
+from stochnorm.norms import BatchNorm, PopulationNorm, normalizations
 from stochnorm.optim import make_optimizer
 from stochnorm.runs import RunDir
 from stochnorm.train import build_model, make_model
@@ -349,9 +349,13 @@ def test_ghost_batches_reach_every_batch_norm_and_change_training(tiny_fashion):
     assert math.isfinite(first[-1]) and first != [r["train_loss"] for r in plain.metrics["history"]]
 
 
-def _replica(rank, world, init_file, cfg, data, out, queue, resume=False, crash_after=None):
+def _replica(
+    rank, world, init_file, cfg, data, out, queue, resume=False, crash_after=None, record=False
+):
     """One process of a data-parallel run (gloo on the CPU, as torchrun would start it);
-    `crash_after` steps it is interrupted, as a killed job would be."""
+    `crash_after` steps it is interrupted, as a killed job would be. With `record`, the sum
+    of every population norm's running mean as each training forward (from the second step
+    on) finds it lands in the metrics as "recorded"."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -364,9 +368,23 @@ def _replica(rank, world, init_file, cfg, data, out, queue, resume=False, crash_
         if steps["n"] == crash_after:
             raise RuntimeError("simulated crash")
 
-    hooks = [crash] if crash_after else []
+    recorded = []
+
+    def watch(model):  # once: a pre-hook on every population norm, seen in training forwards
+        if steps.get("watching"):
+            return
+        steps["watching"] = True
+        for layer in model.modules():
+            if isinstance(layer, PopulationNorm):
+                layer.register_forward_pre_hook(
+                    lambda m, _: recorded.append(m.running_mean.double().sum().item())
+                    if m.training else None
+                )  # fmt: skip
+
+    hooks = ([crash] if crash_after else []) + ([watch] if record else [])
     try:
         result = train(cfg, out, data=data, progress=False, resume=resume, after_step=hooks)
+        result.metrics["recorded"] = recorded
         weights = sum(p.double().sum().item() for p in result.model.parameters())
         buffers = {k: b.double().sum().item() for k, b in result.model.named_buffers()}
         queue.put((rank, result.metrics, (weights, buffers)))
@@ -409,7 +427,8 @@ def _data_parallel(tmp_path, name, cfg, data, **options):
     queue = mp.get_context("spawn").SimpleQueue()
     init = tmp_path / f"init-{name}-{options.get('resume', False)}"
     mp.start_processes(_replica, args=(2, init, cfg, data, tmp_path / name, queue,
-                                       options.get("resume", False), options.get("crash_after")),
+                                       options.get("resume", False), options.get("crash_after"),
+                                       options.get("record", False)),
                        nprocs=2, start_method="spawn")  # fmt: skip
     found = {}
     while not queue.empty():
@@ -488,6 +507,24 @@ def test_population_norm_estimates_agree_on_every_process(tmp_path, tiny_fashion
     single = train(cfg, data=tiny_fashion, progress=False).model  # one process, whole batches
     buffers = {k: b.double().sum().item() for k, b in single.named_buffers()}
     assert b0 == pytest.approx(buffers, rel=1e-4, abs=1e-5)
+
+
+def test_population_norm_broadcast_takes_rank_zeros_estimates(tmp_path, tiny_fashion):
+    cfg = TrainConfig(**{**TINY, "norm": "population", "epochs": 1, "lr": 0.002,
+                         "population_sync": "broadcast"})  # fmt: skip
+    found = _data_parallel(tmp_path, "pnb", cfg, tiny_fashion, record=True)
+    (m0, (w0, b0)), (m1, (w1, b1)) = found[0], found[1]
+    # 7 steps after the first, 9 layers: every training forward starts from rank 0's estimates
+    assert len(m0["recorded"]) == len(m1["recorded"]) == 7 * 9
+    assert m1["recorded"] == pytest.approx(m0["recorded"], rel=1e-6, abs=1e-9)
+    assert w0 == pytest.approx(w1, rel=1e-9)
+    # each process then moves its copy with its own share of the batch: they end apart
+    means = [k for k in b0 if k.endswith("running_mean")]
+    assert max(abs(b0[k] - b1[k]) for k in means) > 1e-4
+    with pytest.raises(ConfigError, match="population_sync applies to population norm only"):
+        TrainConfig(norm="batch", population_sync="broadcast")
+    with pytest.raises(ConfigError, match="unknown population_sync"):
+        TrainConfig(norm="population", population_sync="gossip")
 
 
 def test_the_history_follows_the_learned_noise_per_layer(tiny_fashion):

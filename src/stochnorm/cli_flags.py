@@ -63,6 +63,11 @@ CONFIG_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--noise-lr-factor": (
         "noise_lr_factor", float, "bayes: learning rate of sigma_S as a multiple of --lr (1)",
     ),
+    "--population-sync": (
+        "population_sync", str,
+        "population norm under torchrun: all-reduce (default: the global batch's statistics "
+        "and estimates) or broadcast (each process's own batch, rank 0's estimates)",
+    ),
     "--noise-optimizer": (
         "noise_optimizer", str, "bayes: sgd (default) or adam for the noise parameters",
     ),

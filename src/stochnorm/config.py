@@ -45,6 +45,12 @@ class TrainConfig:
     (data-parallel training on batch_size / k replicas without synchronized statistics,
     emulated in one process). `sync_bn`: under data-parallel training, batch norm's
     statistics over the global batch (SyncBatchNorm) instead of each process's share.
+    `population_sync`: under data-parallel training, how population norm's processes agree:
+    "all-reduce" (the batch statistics, hence the estimates, are the global batch's, as one
+    process would compute them) or "broadcast" (each process normalizes with its own share's
+    batch statistics in the gradient, and rank 0's estimates, built from its share alone,
+    are broadcast to every process before each forward: cheaper on gloo, measured in
+    benchmarks/ddp_scaling.py).
     `optimizer`: "sgd" (SGD with Nesterov momentum `momentum`, the
     paper's for classification) or "adam" (Adam with torch's defaults, the paper's for
     segmentation; `momentum` unused). `crop_size`: a segmentation set trains on random
@@ -66,6 +72,7 @@ class TrainConfig:
     norm_batch: int | None = None
     ghost_batch: int | None = None
     sync_bn: bool = False
+    population_sync: str = "all-reduce"
     momentum: float = 0.9
     optimizer: str = "sgd"
     crop_size: int | None = None
@@ -126,6 +133,14 @@ class TrainConfig:
             not self.sync_bn or self.norm == Norm.BATCH.value, "sync_bn applies to batch norm only"
         )
         need(not (self.sync_bn and self.ghost_batch), "sync_bn and ghost_batch do not combine")
+        need(
+            self.population_sync in ("all-reduce", "broadcast"),
+            f"unknown population_sync {self.population_sync!r}; choose all-reduce or broadcast",
+        )
+        need(
+            self.population_sync == "all-reduce" or self.norm == Norm.POPULATION.value,
+            "population_sync applies to population norm only",
+        )
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(
             self.optimizer in ("sgd", "adam"),

@@ -449,8 +449,10 @@ class PopulationNorm(BatchNorm):
     network barely trains (Ioffe & Szegedy, section 2, predict this).
 
     Under data-parallel training the batch statistics are the global batch's (`sync`, set
-    by the training loop): every process then holds the same estimates, those one process
-    would compute on the whole batch, and no broadcast of them is needed.
+    by the training loop, `TrainConfig.population_sync="all-reduce"`): every process then
+    holds the same estimates, those one process would compute on the whole batch, and no
+    broadcast of them is needed. Without `sync` ("broadcast") each process uses its own
+    share's statistics and the training loop has DDP broadcast rank 0's estimates.
     """
 
     def __init__(

@@ -93,7 +93,9 @@ def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
     for layer in normalizations(model):
         if isinstance(layer, PopulationNorm):
             layer.gradient = cfg.population_gradient
-            layer.sync = True  # under data-parallel training: the global batch's estimates
+            # under data-parallel training: the global batch's estimates, or (not synced)
+            # each process's own batch and rank 0's estimates, broadcast with the buffers
+            layer.sync = cfg.population_sync == "all-reduce"
         elif isinstance(layer, BatchNorm):
             layer.ghost_batch = cfg.ghost_batch
             layer.sync = cfg.sync_bn
@@ -336,9 +338,10 @@ _BUFFER_SYNC = (
 
 def _has_batch_statistics(model: nn.Module) -> bool:
     """Whether `model` keeps running estimates that differ between processes: batch norm
-    without `sync` (each process's own batch), whose estimates data-parallel training takes
-    from rank 0 at every forward so that all processes hold the same. Synchronized batch
-    norm and population norm estimate from the global batch, analytic and weight norm
+    or population norm without `sync` (each process's own batch), whose estimates
+    data-parallel training takes from rank 0 at every forward so that all processes hold the
+    same. Synchronized batch and population norm estimate from the global batch, analytic
+    and weight norm
     compute the same statistics from the same weights in every process: they need no
     communication beyond the gradients' (and the all-reduces of synchronized statistics)."""
     return any(isinstance(m, BatchNorm) and not m.sync for m in model.modules())
