@@ -116,6 +116,37 @@ def test_mc_batch_norm_normalizes_by_random_training_batches():
         predict_mc_batchnorm(nn.Sequential(nn.Linear(8, 4)), data, train, (2,))
 
 
+def test_mc_batch_norm_of_a_crop_trained_net_normalizes_by_random_training_crops():
+    from stochnorm.data import crop_batches
+
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1),
+                          nn.LogSoftmax(1))  # fmt: skip
+    # two training images whose halves differ, so that crops' moments differ from the images'
+    x = torch.randn(2, 1, 20, 20)
+    x[..., 10:] = 3 * x[..., 10:] + 2
+    train = Split(x, torch.zeros(2, 20, 20, dtype=torch.long))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2)
+        model.train()(train.x)
+    data = Split(torch.randn(3, 1, 12, 12), torch.zeros(3, 12, 12, dtype=torch.long))
+    found = predict_mc_batchnorm(model.eval(), data, train, (2,), stats_batch=2, crop_size=8,
+                                 generator=torch.Generator().manual_seed(4))  # fmt: skip
+    g, expected = torch.Generator().manual_seed(4), 0
+    for _ in range(2):  # by hand: the conv output's biased moments over two random crops
+        crops = next(crop_batches(train, 2, 8, g, augment=False))[0]
+        assert crops.shape == (2, 1, 8, 8)
+        u = model[0](crops)
+        var, mean = torch.var_mean(u, (0, 2, 3), correction=0)
+        h = (model[0](data.x) - mean[:, None, None]) / (var[:, None, None] + 1e-5).sqrt()
+        h = h * model[1].weight[:, None, None] + model[1].bias[:, None, None]
+        expected = expected + torch.softmax(model[2](h), 1)
+    assert torch.allclose(found[2], (expected / 2).detach(), atol=1e-5)
+    whole = predict_mc_batchnorm(model.eval(), data, train, (2,), stats_batch=2,
+                                 generator=torch.Generator().manual_seed(4))[2]  # fmt: skip
+    assert (whole - found[2]).abs().max() > 1e-3  # whole images normalize otherwise
+
+
 def test_mc_batch_norm_leaves_population_norm_to_its_estimates():
     from stochnorm.norms import BatchNorm, PopulationNorm
 

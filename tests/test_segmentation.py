@@ -277,7 +277,8 @@ def _numbers(bayes, batch, analytic):
                            "val": {"iou": v, "dice": v, "nll": 1 - v, "accuracy": v}}
                           for s, v in enumerate(values)]}  # fmt: skip
 
-    return {"methods": {"batch": method(batch, "single"), "analytic-proj": method(analytic, "single"),
+    return {"samples": 10,
+            "methods": {"batch": method(batch, "single"), "analytic-proj": method(analytic, "single"),
                         "analytic-proj-bayes-k0.1": method(bayes, "mc10")}}  # fmt: skip
 
 
@@ -319,6 +320,19 @@ def test_the_fig9_notes_compare_with_temperature_scaled_batch_norm():
     assert any("batch single pass, temperature-scaled" in n and "0.1100" in n for n in notes)
     # the proposed method's NLL (1 - 0.81 on average) minus BN's scaled one (0.11): +0.08
     assert any("minus temperature-scaled batch: +0.0800" in n for n in notes)
+
+
+def test_the_fig9_notes_report_batch_norm_as_mc_batch_norm():
+    numbers = _numbers([0.80, 0.82, 0.81], [0.70, 0.71, 0.69], [0.75, 0.76, 0.74])
+    for s, iou in zip(numbers["methods"]["batch"]["seeds"], [0.72, 0.74, 0.73], strict=True):
+        s["mc_batchnorm"] = {"iou": iou, "dice": iou, "nll": 0.2, "accuracy": iou}
+    notes = Fig9Segmentation().verdict(numbers).notes
+    assert any(n.startswith("batch as MC batch norm (MC-10") and "iou 0.7300" in n for n in notes)
+    # paired: 0.81 - 0.73 in IoU; NLL (1 - 0.81) - 0.2
+    assert any("iou analytic-proj-bayes-k0.1 minus batch MC batch norm: +0.0800" in n
+               for n in notes)  # fmt: skip
+    assert any("nll analytic-proj-bayes-k0.1 minus batch MC batch norm: -0.0100" in n
+               for n in notes)  # fmt: skip
 
 
 def test_the_validation_region_is_predicted_once_for_val_and_test(monkeypatch):

@@ -125,13 +125,17 @@ def mc_batchnorm_report(
     """MC batch norm of a BN run on the test set (`prediction.predict_mc_batchnorm`): per K
     in `samples`, accuracy, NLL, ECE, Brier of the average over K passes, each with the
     statistics of one random (unaugmented) training batch of the run's per-replica size
-    (`ghost_batch`, else `batch_size`)."""
+    (`ghost_batch`, else `batch_size`), of crops of `crop_size` where the run trained on
+    crops; "crop_size" records which."""
     g = torch.Generator().manual_seed(seed)
     found = predict_mc_batchnorm(
         model, data.test, data.train, samples, stats_batch=cfg.ghost_batch or cfg.batch_size,
-        batch_size=cfg.eval_batch_size, device=device, generator=g,
+        crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size, device=device, generator=g,
     )  # fmt: skip
-    return {f"mc{k}": metrics.summary(probs, data.test.y) for k, probs in found.items()}
+    report: dict[str, Any] = {
+        f"mc{k}": metrics.summary(probs, data.test.y) for k, probs in found.items()
+    }
+    return {**report, "crop_size": cfg.crop_size}
 
 
 def single_pass(

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from . import metrics
 from .bayes import predict, predict_running
-from .data import Split, Splits
+from .data import Split, Splits, crop_batches
 from .noise import ScaleNoise
 from .norms import BATCH_NORMS, PopulationNorm, normalizations
 
@@ -46,6 +46,7 @@ def predict_mc_batchnorm(
     samples: Sequence[int],
     *,
     stats_batch: int = 32,
+    crop_size: int | None = None,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
@@ -55,8 +56,10 @@ def predict_mc_batchnorm(
     `data` (one sequence of draws, as `bayes.predict_running`), each normalizing every batch norm
     with the statistics of one random batch of `stats_batch` images from `train` (mean and
     biased variance, as in training: each layer's from the batch normalized by the layers
-    before it), instead of the running estimates. Batch norm as `torch.nn` or stochnorm's;
-    the model, its running estimates and its mode are left as they were."""
+    before it), instead of the running estimates; with `crop_size` (a network trained on
+    crops of few large images), one batch of `stats_batch` random unaugmented crops of that
+    size (`data.crop_batches`), as training saw them. Batch norm as `torch.nn` or
+    stochnorm's; the model, its running estimates and its mode are left as they were."""
     layers = [  # population norm normalizes by its estimates, not by the batch
         m for m in model.modules()
         if isinstance(m, BATCH_NORMS) and not isinstance(m, PopulationNorm)
@@ -77,8 +80,13 @@ def predict_mc_batchnorm(
     handles = [m.register_forward_pre_hook(capture) for m in layers]
     try:
         for k in range(1, max(samples) + 1):
-            idx = torch.randint(len(train), (stats_batch,), generator=generator)
-            model.train()(train.x[idx].to(device))  # each layer sees the batch-normalized one
+            if crop_size is None:
+                idx = torch.randint(len(train), (stats_batch,), generator=generator)
+                batch = train.x[idx]
+            else:
+                crops = crop_batches(train, stats_batch, crop_size, generator, augment=False)
+                batch = next(crops)[0]
+            model.train()(batch.to(device))  # each layer sees the batch-normalized one
             for m in layers:
                 m.running_mean.copy_(captured[m][0])
                 m.running_var.copy_(captured[m][1])

@@ -110,6 +110,9 @@ class Fig9Segmentation(Experiment):
                     "val": {k: val[k] for k in REPORTED},
                     "single": {k: evaluation["metrics"]["val"][k] for k in REPORTED},
                     "temperature_scaled": held_out_temperature(single, data.val.y),
+                    **({"mc_batchnorm": {k: evaluation["mc_batchnorm"][f"mc{samples}"][k]
+                                         for k in REPORTED}}
+                       if "mc_batchnorm" in evaluation else {}),
                     "train_seconds": found.get("train_seconds"),
                     "history": [{k: row[k] for k in ("epoch", "train_loss", "val_loss", "val_acc")
                                  if k in row} for row in found["history"]],
@@ -147,6 +150,7 @@ class Fig9Segmentation(Experiment):
         parts = [self._improves(methods, PROPOSED, other) for other in BASELINES]
         notes = [self._table_line(label, m) for label, m in methods.items()]
         notes += self._scaled_lines(methods)
+        notes += self._mc_batchnorm_lines(methods, numbers["samples"])
         verdict = combine(parts)
         return Verdict(verdict.status, verdict.summary, parts=verdict.parts, notes=tuple(notes))
 
@@ -195,6 +199,35 @@ class Fig9Segmentation(Experiment):
                     f"temperature-scaled batch: {margin:+.4f} (2 SE over {len(common)} seeds "
                     f"{noise:.4f}; negative: the proposed method's is lower)"
                 )
+        return lines
+
+    @staticmethod
+    def _mc_batchnorm_lines(methods: dict[str, Any], samples: int) -> list[str]:
+        """BN as MC batch norm (K passes, each with the statistics of a batch of random
+        training crops: `evaluation.mc_batchnorm_report`), and the proposed method against
+        it, paired over seeds (records before it was measured: nothing)."""
+        seeds = [s for s in methods.get("batch", {}).get("seeds", [])
+                 if "mc_batchnorm" in s and not s["diverged"]]  # fmt: skip
+        if not seeds:
+            return []
+        parts = []
+        for key in REPORTED:
+            mean, se = mean_and_error([s["mc_batchnorm"][key] for s in seeds])
+            parts.append(f"{key} {mean:.4f} ± {se:.4f}")
+        lines = [f"batch as MC batch norm (MC-{samples}, statistics of random training crops, "
+                 f"{len(seeds)} seeds): " + ", ".join(parts)]  # fmt: skip
+        if PROPOSED in methods:
+            for key in ("iou", "nll"):
+                paired = paired_seeds(
+                    Fig9Segmentation._values(methods[PROPOSED], key),
+                    {s["seed"]: s["mc_batchnorm"][key] for s in seeds},
+                )
+                if paired is not None:
+                    margin, noise, common = paired
+                    lines.append(
+                        f"{key} {PROPOSED} minus batch MC batch norm: {margin:+.4f} (2 SE over "
+                        f"{len(common)} seeds {noise:.4f})"
+                    )
         return lines
 
     @staticmethod
