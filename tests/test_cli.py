@@ -80,6 +80,7 @@ def test_train_evaluate_report_end_to_end(tmp_path, capsys):
     assert evaluation["metrics"]["test"] == pytest.approx(metrics["final"]["test"])
     # a BN run also gets MC batch norm at the default sample counts, and temperature scaling
     assert set(evaluation["mc_batchnorm"]) == {"mc10", "mc30"}
+    assert evaluation["mc_batchnorm_crop_size"] is None  # statistics of whole images
     assert evaluation["temperature_scaled"]["temperature"] > 0
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()

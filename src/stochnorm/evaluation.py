@@ -95,6 +95,7 @@ def evaluate_run(
         result["mc_batchnorm"] = mc_batchnorm_report(
             model, data, cfg, tuple(k for k in requested if k > 1), device, seed
         )
+        result["mc_batchnorm_crop_size"] = cfg.crop_size  # its statistics' crops (None: images)
     if robustness_size:
         subset = data.test.head(robustness_size)
         modes = {"single": 0, **({f"mc{samples[0]}": samples[0]} if samples else {})}
@@ -126,16 +127,13 @@ def mc_batchnorm_report(
     in `samples`, accuracy, NLL, ECE, Brier of the average over K passes, each with the
     statistics of one random (unaugmented) training batch of the run's per-replica size
     (`ghost_batch`, else `batch_size`), of crops of `crop_size` where the run trained on
-    crops; "crop_size" records which."""
+    crops."""
     g = torch.Generator().manual_seed(seed)
     found = predict_mc_batchnorm(
         model, data.test, data.train, samples, stats_batch=cfg.ghost_batch or cfg.batch_size,
         crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size, device=device, generator=g,
     )  # fmt: skip
-    report: dict[str, Any] = {
-        f"mc{k}": metrics.summary(probs, data.test.y) for k, probs in found.items()
-    }
-    return {**report, "crop_size": cfg.crop_size}
+    return {f"mc{k}": metrics.summary(probs, data.test.y) for k, probs in found.items()}
 
 
 def single_pass(

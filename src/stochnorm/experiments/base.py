@@ -255,7 +255,7 @@ class Lab:
                   "robustness_size": kwargs.get("robustness_size", 0)}  # fmt: skip
         stale = (  # MC batch norm of a crop-trained run from before it drew crops
             existing is not None and "mc_batchnorm" in existing
-            and existing["mc_batchnorm"].get("crop_size") != run.config().crop_size
+            and existing.get("mc_batchnorm_crop_size") != run.config().crop_size
         )  # fmt: skip
         if (existing is not None and not stale
                 and all(existing.get(k) == v for k, v in wanted.items())):  # fmt: skip
