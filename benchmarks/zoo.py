@@ -210,19 +210,7 @@ def write(results: dict[str, dict], args: argparse.Namespace, out: Path) -> None
         "",
     ]
     if not args.statistics_only:
-        lines += ["| model | norm | convert | steps at batch 1, 2 | fold | step / BN | BN step ms |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, rows in results.items():
-        if args.statistics_only:
-            break
-        bn_ms = rows.get("batch", {}).get("step_ms")
-        for case, row in rows.items():
-            ratio = row.get("step_vs_bn")
-            lines.append(
-                f"| {name} | {case} | {row['convert']} | {row.get('steps', '-')} | "
-                f"{fmt_fold(row.get('fold', '-'))} | {f'{ratio:.2f}' if ratio else '-'} | "
-                f"{f'{bn_ms:.0f}' if bn_ms and case == 'batch' else ''} |"
-            )
+        lines += conversions_section(results)
     lines += ["", "## Analytic norm's statistics at initialization", "",
               "| model | layers | sigma_est / sigma_true: min | median | max | layers in band "
               "| worst layer | mean error / sigma: median | max | conv rule alone: median | max |",
@@ -248,6 +236,22 @@ def write(results: dict[str, dict], args: argparse.Namespace, out: Path) -> None
     lines += rules_section(results)
     text = "\n".join(lines) + "\n"
     atomic_write(out, lambda f: f.write(text.encode()))
+
+
+def conversions_section(results: dict[str, dict]) -> list[str]:
+    """Lines of the table of conversions, steps, fold and step times per model and norm."""
+    lines = ["| model | norm | convert | steps at batch 1, 2 | fold | step / BN | BN step ms |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, rows in results.items():
+        bn_ms = rows.get("batch", {}).get("step_ms")
+        for case, row in rows.items():
+            ratio = row.get("step_vs_bn")
+            lines.append(
+                f"| {name} | {case} | {row['convert']} | {row.get('steps', '-')} | "
+                f"{fmt_fold(row.get('fold', '-'))} | {f'{ratio:.2f}' if ratio else '-'} | "
+                f"{f'{bn_ms:.0f}' if bn_ms and case == 'batch' else ''} |"
+            )
+    return lines
 
 
 def rules_section(results: dict[str, dict]) -> list[str]:

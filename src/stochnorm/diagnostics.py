@@ -40,6 +40,27 @@ def _eval_with_input_hooks(
         model.train(was_training)
 
 
+class _ChannelMoments:
+    """Per-channel sums of tensors [N, C, ...] over samples and positions, in float64, for
+    their mean and (biased) variance."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | float = 0.0
+        self.total_sq: Tensor | float = 0.0
+        self.count = 0
+
+    def add(self, u: Tensor) -> None:
+        u = u.double()
+        dims = [0, *range(2, u.ndim)]
+        self.total = self.total + u.sum(dims)
+        self.total_sq = self.total_sq + u.pow(2).sum(dims)
+        self.count += u.numel() // u.shape[1]
+
+    def mean_var(self) -> tuple[Tensor, Tensor]:
+        mean = self.total / self.count
+        return mean, (self.total_sq / self.count - mean.pow(2)).clamp_min(0)
+
+
 def analytic_statistics(
     model: nn.Module,
     x: Tensor,
@@ -58,22 +79,16 @@ def analytic_statistics(
     layers = [n for n in normalizations(model) if isinstance(n, AnalyticNorm)]
     if not layers:
         raise ValueError("the model has no analytic normalization")
-    sums = {id(n): [0.0, 0.0, 0] for n in layers}
+    sums = {id(n): _ChannelMoments() for n in layers}
 
     def accumulate(module: nn.Module, inputs: tuple) -> None:
-        u = inputs[0].double()
-        dims = [0] + list(range(2, u.ndim))
-        entry = sums[id(module)]
-        entry[0] = entry[0] + u.sum(dims)
-        entry[1] = entry[1] + u.pow(2).sum(dims)
-        entry[2] += u.numel() // u.shape[1]
+        sums[id(module)].add(inputs[0])
 
     _eval_with_input_hooks(model, x, {n: accumulate for n in layers}, batch_size)
     rows = []
     for i, n in enumerate(layers, start=1):
-        total, total_sq, count = sums[id(n)]
-        mean = total / count
-        std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
+        mean, var = sums[id(n)].mean_var()
+        std = var.sqrt()
         ratio = n.sigma.double() / std
         rows.append(
             {
@@ -509,7 +524,8 @@ def rule_errors(model: nn.Module, x: Tensor, *, batch_size: int = 500) -> list[d
         raise ValueError("the model has no moment propagation (no analytic normalization)")
     propagated = propagation.propagate(model, x.shape[1], tuple(x.shape[2:]))
     steps = propagation.plan
-    sums: list[list | None] = [None] * len(steps)
+    sums: list[_ChannelMoments | None] = [None] * len(steps)
+    sizes: list[tuple[int, ...]] = [()] * len(steps)
     was_training = model.training
     model.eval()
     try:
@@ -519,24 +535,18 @@ def rule_errors(model: nn.Module, x: Tensor, *, batch_size: int = 500) -> list[d
                     isinstance(value, Tensor) and value.is_floating_point() and value.ndim >= 2
                 ):
                     continue
-                u = value.double()
-                dims = [0, *range(2, u.ndim)]
-                entry = sums[i] or [0.0, 0.0, 0, tuple(u.shape[2:])]
-                entry[0] = entry[0] + u.sum(dims)
-                entry[1] = entry[1] + u.pow(2).sum(dims)
-                entry[2] += u.numel() // u.shape[1]
-                sums[i] = entry
+                sums[i] = sums[i] or _ChannelMoments()
+                sums[i].add(value)
+                sizes[i] = tuple(value.shape[2:])
     finally:
         model.train(was_training)
     param = next(model.parameters())
     true: list[Any] = []
-    for entry in sums:
+    for entry, size in zip(sums, sizes, strict=True):
         if entry is None:
             true.append(None)
             continue
-        total, total_sq, count, size = entry
-        mean = total / count
-        var = (total_sq / count - mean.pow(2)).clamp_min(0)
+        mean, var = entry.mean_var()
         true.append((mean.to(param), var.to(param), size))
     own = propagation.rules_given(model, true)
     rows = []

@@ -253,12 +253,9 @@ class Lab:
         existing = run.evaluation()
         wanted = {"requested_samples": list(samples),
                   "robustness_size": kwargs.get("robustness_size", 0)}  # fmt: skip
-        stale = (  # MC batch norm of a crop-trained run from before it drew crops
-            existing is not None and "mc_batchnorm" in existing
-            and existing.get("mc_batchnorm_crop_size") != run.config().crop_size
-        )  # fmt: skip
-        if (existing is not None and not stale
-                and all(existing.get(k) == v for k, v in wanted.items())):  # fmt: skip
+        if existing is not None and "mc_batchnorm" in existing:  # its statistics' crops
+            wanted["mc_batchnorm_crop_size"] = run.config().crop_size  # (older: images)
+        if existing is not None and all(existing.get(k) == v for k, v in wanted.items()):
             return existing
         return evaluate_run(run.path, samples=samples, device=self.device, **kwargs)
 

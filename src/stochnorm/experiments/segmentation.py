@@ -210,12 +210,9 @@ class Fig9Segmentation(Experiment):
                  if "mc_batchnorm" in s and not s["diverged"]]  # fmt: skip
         if not seeds:
             return []
-        parts = []
-        for key in REPORTED:
-            mean, se = mean_and_error([s["mc_batchnorm"][key] for s in seeds])
-            parts.append(f"{key} {mean:.4f} ± {se:.4f}")
+        summary = _mean_and_error_text([s["mc_batchnorm"] for s in seeds])
         lines = [f"batch as MC batch norm (MC-{samples}, statistics of random training crops, "
-                 f"{len(seeds)} seeds): " + ", ".join(parts)]  # fmt: skip
+                 f"{len(seeds)} seeds): {summary}"]  # fmt: skip
         if PROPOSED in methods:
             for key in ("iou", "nll"):
                 paired = paired_seeds(
@@ -232,14 +229,20 @@ class Fig9Segmentation(Experiment):
 
     @staticmethod
     def _table_line(label: str, method: dict[str, Any]) -> str:
-        parts = []
-        for key in REPORTED:
-            values = [s["val"][key] for s in method["seeds"] if not s["diverged"]]
-            if values:
-                mean, se = mean_and_error(values)
-                parts.append(f"{key} {mean:.4f} ± {se:.4f}")
+        summary = _mean_and_error_text([s["val"] for s in method["seeds"] if not s["diverged"]])
         mode = method["seeds"][0]["mode"]
-        return f"{label} ({mode}, {len(method['seeds'])} seeds, mean ± SE): " + ", ".join(parts)
+        return f"{label} ({mode}, {len(method['seeds'])} seeds, mean ± SE): {summary}"
+
+
+def _mean_and_error_text(rows: list[dict[str, float]]) -> str:
+    """The mean ± SE of each REPORTED metric over the seeds' `rows` (no rows: empty)."""
+    if not rows:
+        return ""
+    parts = []
+    for key in REPORTED:
+        mean, se = mean_and_error([r[key] for r in rows])
+        parts.append(f"{key} {mean:.4f} ± {se:.4f}")
+    return ", ".join(parts)
 
 
 EXPERIMENTS = [Fig9Segmentation()]
