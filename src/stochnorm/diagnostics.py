@@ -441,8 +441,11 @@ def independence_error(
     from every batch in proportion) have the covariance Sigma; the output variance of channel o is
     w_o^T Sigma w_o. Per layer, the mean over channels of sqrt(w^T D w / w^T Sigma w) for D =
     diag(Sigma) ("independent": what the conv rule assumes), Sigma restricted to pairs in the same
-    input channel ("spatial": spatial correlations only), and to pairs at the same
-    kernel offset ("channel": cross-channel correlations only). 1 means the assumption
+    input channel ("spatial": spatial correlations only), to pairs at the same
+    kernel offset ("channel": cross-channel correlations only), and replaced by the separable
+    model C0[c, d] r(a - b) ("separable": the channels' covariance C0 at equal positions, times
+    one correlation r of a channel's values at kernel offsets a, b that depends on their
+    displacement only, averaged over the channels). 1 means the assumption
     costs nothing; below 1 the rule underestimates the std.
     """
     bound = [(n, n.layer) for n in normalizations(model) if n.layer is not None]
@@ -473,26 +476,52 @@ def independence_error(
         centred = (rows_ - rows_.mean(0)).view(len(rows_), groups, d)
         cov = torch.einsum("rgi,rgj->gij", centred, centred) / max(len(rows_) - 1, 1)
         w = layer.weight.detach().double().reshape(groups, layer.weight.shape[0] // groups, d)
-        if isinstance(layer, nn.Conv2d):  # unfold orders features channel-major
-            per_channel = d // (layer.in_channels // groups)
-            feature = torch.arange(d)
-            channel, offset = feature // per_channel, feature % per_channel
-        else:
-            channel = offset = torch.arange(d)
+        per_channel = d // (layer.in_channels // groups) if isinstance(layer, nn.Conv2d) else 1
+        feature = torch.arange(d)  # unfold orders a conv's features channel-major
+        channel, offset = feature // per_channel, feature % per_channel
         true = torch.einsum("goi,gij,goj->go", w, cov, w)
 
-        def ratio(mask: Tensor, w=w, cov=cov, true=true) -> float:
-            kept = torch.einsum("goi,gij,goj->go", w, cov * mask, w)
+        def ratio(model: Tensor, w=w, true=true) -> float:
+            kept = torch.einsum("goi,gij,goj->go", w, model, w)
             return (kept / true).clamp_min(0).sqrt().mean().item()
 
         rows.append({
             "layer": i,
-            "independent": ratio(torch.eye(d, dtype=cov.dtype)),
-            "spatial": ratio((channel[:, None] == channel[None, :]).to(cov.dtype)),
-            "channel": ratio((offset[:, None] == offset[None, :]).to(cov.dtype)),
+            "independent": ratio(cov * torch.eye(d, dtype=cov.dtype)),
+            "spatial": ratio(cov * (channel[:, None] == channel[None, :])),
+            "channel": ratio(cov * (offset[:, None] == offset[None, :])),
+            "separable": ratio(_separable_covariance(cov, per_channel, layer)),
             "patches": len(rows_),
         })  # fmt: skip
     return rows
+
+
+def _separable_covariance(cov: Tensor, per_channel: int, layer: nn.Module) -> Tensor:
+    """The separable model of the patch covariances `cov` [g, d, d] (features channel-major,
+    `per_channel` kernel offsets each): C0[c, d] R[a, b], with C0 the channels' covariance
+    averaged over the offsets and R[a, b] = r(a - b) the correlation of one channel's values
+    at offsets a and b, averaged over the channels and over the offset pairs of the same
+    displacement (a conv's kernel grid; a linear layer has one offset, so the model is
+    `cov` itself)."""
+    g, d, _ = cov.shape
+    k = per_channel
+    blocks = cov.view(g, d // k, k, d // k, k)
+    lag0 = blocks.diagonal(dim1=2, dim2=4).mean(-1)  # [g, C, C]
+    var = lag0.diagonal(dim1=1, dim2=2)  # [g, C]
+    same = blocks.diagonal(dim1=1, dim2=3)  # one channel's [g, k, k, C]
+    live = (var > 0).to(cov.dtype)[:, None, None, :]  # channels that vary
+    corr = same / var.clamp_min(torch.finfo(cov.dtype).tiny)[:, None, None, :] * live
+    corr = corr.sum((0, 3)) / live.sum().clamp_min(1)  # [k, k], mean over channels
+    if k > 1:
+        kw = layer.kernel_size[1]
+        row, col = torch.arange(k) // kw, torch.arange(k) % kw
+        lag = (row[:, None] - row[None, :]) * (2 * kw - 1) + (col[:, None] - col[None, :])
+        _, index = torch.unique(lag, return_inverse=True)
+        per_lag = torch.zeros(int(index.max()) + 1, dtype=cov.dtype)
+        per_lag.index_add_(0, index.flatten(), corr.flatten())
+        counts = torch.bincount(index.flatten()).to(cov.dtype)
+        corr = (per_lag / counts)[index]
+    return torch.stack([torch.kron(c0, corr) for c0 in lag0])
 
 
 def _operation(model: nn.Module, step: Any) -> str:

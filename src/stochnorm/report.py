@@ -286,14 +286,19 @@ def analytic_statistics_markdown(found: dict[str, Any], stage: str) -> str:
         "Each layer's own rule given its true input moments: sqrt(rule variance / true "
         "variance) of the conv output, mean over channels, when the input patch covariance "
         "is reduced to its diagonal (the independence assumption), to same-channel pairs "
-        "(spatial correlations kept) or to same-offset pairs (cross-channel kept):",
+        "(spatial correlations kept), to same-offset pairs (cross-channel kept) or replaced "
+        "by the separable model C0[c, d] r(a - b) (the channels' covariance at equal "
+        "positions times one spatial correlation per displacement; both kinds kept, "
+        "in two small factors):",
         "",
-        "| layer | independent | spatial kept | cross-channel kept |",
-        "|---|---|---|---|",
+        "| layer | independent | spatial kept | cross-channel kept | separable |",
+        "|---|---|---|---|---|",
     ]
     for r in found["independence_error"]:
+        separable = f"{r['separable']:.3f}" if "separable" in r else "-"
         lines.append(
-            f"| {r['layer']} | {r['independent']:.3f} | {r['spatial']:.3f} | {r['channel']:.3f} |"
+            f"| {r['layer']} | {r['independent']:.3f} | {r['spatial']:.3f} | {r['channel']:.3f} "
+            f"| {separable} |"
         )
     if found.get("rule_errors"):
         lines += ["", *rule_errors_markdown(found["rule_errors"])]
