@@ -19,16 +19,18 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stochnorm import models
+from stochnorm.analytic import propagation_of
 from stochnorm.bayes import add_noise
 
-CASES = {  # name -> (norm, learned noise)
-    "batch": ("batch", False),
-    "weight": ("weight", False),
-    "population": ("population", False),
-    "group": ("group", False),
-    "layer": ("layer", False),
-    "analytic": ("analytic", False),
-    "analytic + bayes": ("analytic", True),
+CASES = {  # name -> (norm, learned noise, rectified residuals)
+    "batch": ("batch", False, False),
+    "weight": ("weight", False, False),
+    "population": ("population", False, False),
+    "group": ("group", False, False),
+    "layer": ("layer", False, False),
+    "analytic": ("analytic", False, False),
+    "analytic + bayes": ("analytic", True, False),
+    "analytic, rectified residuals": ("analytic", False, True),
 }
 PHASES = ("forward", "backward", "step")
 
@@ -67,11 +69,13 @@ def count_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
     return counted
 
 
-def build(model: str, norm: str, bayes: bool) -> torch.nn.Module:
+def build(model: str, norm: str, bayes: bool, rectified: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
     net = models.build(model, 1, 10, norm=norm, width=1 / 3)
     if bayes:
         add_noise(net, "bayes", sigma_s=0.1)
+    if rectified:  # the residual ReLU rule (`MomentPropagation(rectified_residuals=True)`)
+        propagation_of(net).rectified_residuals = True
     return net
 
 

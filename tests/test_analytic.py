@@ -294,3 +294,79 @@ def test_a_mean_over_everything_has_no_rule_and_says_so():
     model = convert(Net(), "analytic")
     with pytest.raises(RuntimeError, match="analytic normalization at bn_head: no moment rule"):
         model.train()(torch.randn(2, 1, 4, 4))
+
+
+class _ResidualOfNeighbours(torch.nn.Module):
+    """relu(relu(a(x)) + b(x)) with a reading each pixel and b the one below it (2x1
+    kernels, one weight each): for i.i.d. Gaussian pixels the two terms are independent and
+    Gaussian, the assumptions of the residual ReLU rule."""
+
+    def __init__(self, branch_weight: float, branch_bias: float):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 1, (2, 1))
+        self.b = torch.nn.Conv2d(1, 1, (2, 1))
+        with torch.no_grad():
+            self.a.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 1, 2, 1))
+            self.a.bias.fill_(0.2)
+            self.b.weight.copy_(torch.tensor([0.0, branch_weight]).view(1, 1, 2, 1))
+            self.b.bias.fill_(branch_bias)
+
+    def forward(self, x):
+        return torch.relu(torch.relu(self.a(x)) + self.b(x))
+
+
+def _propagated_output(model, rectified_residuals: bool):
+    propagation = MomentPropagation(model.double(), 0.3, 2.0,
+                                    rectified_residuals=rectified_residuals)  # fmt: skip
+    states = propagation.propagate(model, 1, (8, 8))
+    return states[list(states)[-1]]
+
+
+@pytest.mark.parametrize("branch", [(0.7, -0.1), (0.2, 0.1)])
+def test_the_relu_after_a_residual_addition_against_monte_carlo(branch):
+    """Propagated moments of the last ReLU against 20,000 sampled 8x8 images (140,000
+    values; sampling error of the sd about 0.3%): within 1.5% with the residual rule, while
+    taking the sum as Gaussian is off by more than 4%."""
+    model = _ResidualOfNeighbours(*branch)
+    torch.manual_seed(0)
+    x = 0.3 + 2.0**0.5 * torch.randn(20_000, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        y = model.double()(x)
+    mean, var, size = _propagated_output(model, True)
+    assert size == (7, 8)
+    assert mean.item() == pytest.approx(y.mean().item(), rel=0.015)
+    assert var.sqrt().item() == pytest.approx(y.std().item(), rel=0.015)
+    _, gaussian_var, _ = _propagated_output(model, False)
+    assert abs(gaussian_var.sqrt().item() / y.std().item() - 1) > 0.04
+
+
+def test_a_vanishing_residual_branch_leaves_the_rectified_value_alone():
+    """A branch of scale 0 (timm's zero-initialized last BN of a block): the ReLU after
+    the addition is the identity on relu(a(x)), and the propagated moments are relu(a)'s."""
+    from stochnorm import moments
+
+    model = _ResidualOfNeighbours(0.0, 0.0)
+    mean, var, _ = _propagated_output(model, True)
+    skip = moments.relu(torch.tensor([0.5], dtype=torch.float64),
+                        torch.tensor([2.0], dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(mean, skip[0], rtol=5e-4, atol=0)
+    torch.testing.assert_close(var, skip[1], rtol=5e-4, atol=0)
+
+
+def test_the_residual_relus_of_a_torchvision_style_resnet_are_found():
+    """Every block's last ReLU (after `out += identity`) reads the previous block's ReLU
+    output (or the stem's max-pooled one) plus the branch, except where the identity is a
+    downsampling conv + BN (Gaussian): those keep the Gaussian rule."""
+    from .resnet import ResNet
+
+    model = convert(ResNet(width=4), "analytic", rectified_residuals=True)
+    propagation = propagation_of(model)
+    assert propagation.rectified_residuals
+    assert not propagation_of(convert(ResNet(width=4), "analytic")).rectified_residuals
+    residual = propagation._residual_relus
+    plan = propagation.plan
+    skips = sorted({plan[skip].target for skip, _ in residual.values()})
+    assert len(residual) == sum(b.downsample is None for b in model.modules()
+                                if type(b).__name__ == "BasicBlock")  # fmt: skip
+    assert "maxpool" in skips
+    assert all(plan[branch].target.endswith("bn2") for _, branch in residual.values())

@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from stochnorm import TrainConfig, add_noise, models, train
+from stochnorm.analytic import propagation_of
 from stochnorm.norms import Norm
 
 CASES = [(norm.value, None) for norm in Norm if norm is not Norm.NONE] + [
@@ -34,16 +35,19 @@ def _model(name: str, norm: str, noise: str | None) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(
-    "model, norm, noise",
-    [("allcnn", *case) for case in CASES]
-    + [("resnet20", "analytic", None), ("resnet20", "analytic", "bayes"),
-       ("resnet20", "population", None)],
+    "model, norm, noise, rectified",
+    [("allcnn", *case, False) for case in CASES]
+    + [("resnet20", "analytic", None, False), ("resnet20", "analytic", "bayes", False),
+       ("resnet20", "population", None, False), ("resnet20", "analytic", None, True)],
     ids=str,
 )  # fmt: skip
-def test_a_training_step_compiles_into_one_graph_and_matches_eager(model, norm, noise):
+def test_a_training_step_compiles_into_one_graph_and_matches_eager(model, norm, noise, rectified):
     # fullgraph=True raises at the first graph break; aot_eager traces forward and backward
-    # (the closed-form gradients of the moment rules included) without generating code
+    # (the closed-form gradients of the moment rules included) without generating code;
+    # `rectified`: the residual ReLU rule (its table lookup and quadrature) as well
     eager = _model(model, norm, noise)
+    if rectified:
+        propagation_of(eager).rectified_residuals = True
     compiled_net = copy.deepcopy(eager)
     compiled = torch.compile(compiled_net, fullgraph=True, backend="aot_eager")
     g = torch.Generator().manual_seed(1)

@@ -37,6 +37,12 @@ ELEMENTWISE_FUNCTIONS = (
 )  # fmt: skip
 ELEMENTWISE_METHODS = ("sigmoid", "tanh")
 MULTIPLY = (operator.mul, operator.imul, torch.mul)
+ADD = (operator.add, operator.iadd, torch.add)
+# steps whose output is their input's values, or a selection of them (max pooling): a
+# rectified (nonnegative) input stays rectified
+SELECTING_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout, nn.Dropout2d,
+)  # fmt: skip
 CONCATENATE = (torch.cat, torch.concat)
 SUPPORTED = (
     "conv (also transposed), linear, ReLU, leaky ReLU, elementwise activations (SiLU, GELU, "
@@ -98,6 +104,52 @@ class _Step:
     reads_input: bool  # its first argument is the model's input itself
 
 
+def _is_relu(model: nn.Module, step: _Step) -> bool:
+    if step.op == "call_module":
+        return isinstance(model.get_submodule(step.target), nn.ReLU)
+    if step.op == "call_function":
+        return step.target in (F.relu, torch.relu)
+    return step.op == "call_method" and step.target in ("relu", "relu_")
+
+
+def _selects(model: nn.Module, step: _Step) -> bool:
+    """Whether `step` outputs (a selection of) its input's values unchanged."""
+    if step.op == "call_module":
+        return isinstance(model.get_submodule(step.target), SELECTING_MODULES)
+    return step.op == "call_method" and step.target in ("contiguous", "clone")
+
+
+def _first_ref(step: _Step) -> int | None:
+    return step.args[0].index if step.args and isinstance(step.args[0], _Ref) else None
+
+
+def _rectified_steps(model: nn.Module, plan: Sequence[_Step]) -> tuple[frozenset, dict]:
+    """Where the plan's values are ReLU outputs, found from the graph alone: the names of
+    the ReLUs whose input is already rectified (relu(relu(a)) = relu(a)) and, for each ReLU
+    after a residual addition of a rectified value and another branch, the plan indices of
+    the two terms, (rectified, other) (`moments.residual_relu`)."""
+    rectified: set[int] = set()
+    again: set[str] = set()
+    residual: dict[str, tuple[int, int]] = {}
+    for i, step in enumerate(plan):
+        first = _first_ref(step)
+        if first is None:
+            continue
+        if _is_relu(model, step):
+            producer = plan[first]
+            terms = [a.index for a in producer.args if isinstance(a, _Ref)]
+            if first in rectified:
+                again.add(step.name)
+            elif producer.op == "call_function" and producer.target in ADD and len(terms) == 2:
+                skip = [t for t in terms if t in rectified]
+                if len(skip) == 1:
+                    residual[step.name] = (skip[0], next(t for t in terms if t != skip[0]))
+            rectified.add(i)
+        elif first in rectified and _selects(model, step):
+            rectified.add(i)
+    return frozenset(again), residual
+
+
 def _plan(graph: fx.Graph) -> tuple[_Step, ...]:
     """The nodes of `graph` up to its output, in order, as `_Step`s."""
     index: dict[fx.Node, int] = {}
@@ -128,7 +180,13 @@ class MomentPropagation(nn.Module):
     `patch_moments`), whose output moments are then exact instead of assuming independent
     inputs. `pool_correlation`: "full" (pooled values perfectly correlated: the variance is
     unchanged by average pooling, our default) or "none" (independent: the variance is
-    divided by the window size).
+    divided by the window size). `rectified_residuals`: a ReLU after the residual addition
+    of an earlier ReLU's output and another branch gets the moments of relu(relu(a) + b)
+    (`moments.residual_relu`) and a ReLU of an already rectified value is the identity;
+    False (the default) takes every ReLU's input as Gaussian, the papers' rule. True keeps
+    the statistics of residual networks far closer to the truth at initialization, for
+    about twice the propagation's operations there (both measured in results/benchmarks/
+    rule-candidates.md and op_counts.md).
 
     The model's graph is traced once, at construction, with normalizations as leaves, and
     kept as a plan of plain steps that torch.compile traces without graph breaks. When
@@ -145,11 +203,14 @@ class MomentPropagation(nn.Module):
         input_var: Tensor | float = 1.0,
         pool_correlation: str = "full",
         input_patches: tuple[Tensor, Tensor] | None = None,
+        rectified_residuals: bool = False,
     ) -> None:
         super().__init__()
         moments.average_pool(torch.zeros(1), torch.ones(1), 1, pool_correlation)  # validates
         self.plan = _plan(_Tracer().trace(model))
         self.pool_correlation = pool_correlation
+        self.rectified_residuals = rectified_residuals
+        self._relu_of_rectified, self._residual_relus = _rectified_steps(model, self.plan)
         self.register_buffer("input_mean", torch.zeros(1))
         self.register_buffer("input_var", torch.ones(1))
         self.register_buffer("patch_mean", None)
@@ -207,7 +268,10 @@ class MomentPropagation(nn.Module):
 
     def extra_repr(self) -> str:
         patches = ", exact first layer" if self.patch_mean is not None else ""
-        return f"input channels={self.input_mean.numel()}{patches}, pool_correlation={self.pool_correlation}"
+        return (
+            f"input channels={self.input_mean.numel()}{patches}, pool_correlation="
+            f"{self.pool_correlation}, rectified_residuals={self.rectified_residuals}"
+        )
 
     def propagate(
         self, model: nn.Module, channels: int, size: tuple[int, ...]
@@ -273,6 +337,14 @@ class MomentPropagation(nn.Module):
     def _rule(self, model: nn.Module, node: _Step, env: list) -> State | None:
         inputs = [env[a.index] if isinstance(a, _Ref) else a for a in node.args]
         first = inputs[0] if inputs else None
+        if self.rectified_residuals and first is not None:
+            if node.name in self._relu_of_rectified:
+                return first
+            if node.name in self._residual_relus:
+                skip, branch = (env[i] for i in self._residual_relus[node.name])
+                if skip is not None and branch is not None:
+                    found = moments.residual_relu(skip[:2], branch[:2])
+                    return (*found, first[2])
         if node.op == "call_module":
             module = model.get_submodule(node.target)
             if (
@@ -547,13 +619,15 @@ def attach(
     size: tuple[int, ...] | None = None,
     pool_correlation: str = "full",
     input_patches: tuple[Tensor, Tensor] | None = None,
+    rectified_residuals: bool = False,
 ) -> MomentPropagation:
-    """Make the AnalyticNorm layers of `model` work: register a `MomentPropagation` as the
-    submodule `model.moment_propagation` and as a forward pre-hook (replacing one attached
-    before) and, when `channels` and `size` of the input are given, run it once so the
-    evaluation statistics are set from the start."""
+    """Make the AnalyticNorm layers of `model` work: register a `MomentPropagation` (with
+    the options of that class) as the submodule `model.moment_propagation` and as a forward
+    pre-hook (replacing one attached before) and, when `channels` and `size` of the input
+    are given, run it once so the evaluation statistics are set from the start."""
     detach(model)
-    propagation = MomentPropagation(model, input_mean, input_var, pool_correlation, input_patches)
+    propagation = MomentPropagation(model, input_mean, input_var, pool_correlation,
+                                    input_patches, rectified_residuals)  # fmt: skip
     param = next(model.parameters(), None)
     if param is not None:
         propagation.to(param.device)

@@ -68,6 +68,7 @@ def convert(
     inputs: torch.Tensor | None = None,
     groups: int = DEFAULT_GROUPS,
     strict: bool = True,
+    rectified_residuals: bool = False,
     **noise_options,
 ) -> nn.Module:
     """A copy of `model` in which every batch normalization (PyTorch's or stochnorm's) that
@@ -77,7 +78,8 @@ def convert(
     per-channel input moments (defaults: standardized inputs), or from sample `inputs`
     [N, C, H, W] (e.g. a few hundred training images): their measured per-channel moments,
     the first conv's output moments exact from their patch covariance, and the statistics
-    set at once for their size; `groups` is group norm's G.
+    set at once for their size; `rectified_residuals` chooses the rule of a ReLU after a
+    residual addition (`stochnorm.analytic.MomentPropagation`); `groups` is group norm's G.
     `norm="none"` is `fold`.
     `noise` ("bn-like" or "bayes") adds noise after every new normalization, with
     `noise_options` passed to `stochnorm.bayes.add_noise`. The source's `eps` (and a batch
@@ -122,9 +124,10 @@ def convert(
     if norm is Norm.ANALYTIC and inputs is not None:
         mean, var, patches = analytic.input_moments(new, inputs)
         size = tuple(inputs.shape[2:])
-        analytic.attach(new, mean, var, channels=inputs.shape[1], size=size, input_patches=patches)
+        analytic.attach(new, mean, var, channels=inputs.shape[1], size=size,
+                        input_patches=patches, rectified_residuals=rectified_residuals)  # fmt: skip
     elif norm is Norm.ANALYTIC:
-        analytic.attach(new, input_mean, input_var)
+        analytic.attach(new, input_mean, input_var, rectified_residuals=rectified_residuals)
     else:
         analytic.detach(new)
     if noise is not None:
