@@ -540,3 +540,14 @@ def test_the_history_follows_the_learned_noise_per_layer(tiny_fashion):
     assert rows[0] != rows[-1]  # Adam moves sigma in every epoch
     plain = train(TrainConfig(**TINY), data=tiny_fashion, progress=False).metrics["history"]
     assert all("sigma_s_over_s" not in r for r in plain)
+
+
+def test_the_rectified_residual_rule_is_chosen_in_the_configuration(tiny_fashion):
+    from stochnorm.analytic import propagation_of
+
+    cfg = TrainConfig(model="resnet20", norm="analytic", width=0.1, rectified_residuals=True)
+    assert propagation_of(make_model(cfg, tiny_fashion)).rectified_residuals
+    plain = TrainConfig(model="resnet20", norm="analytic", width=0.1)
+    assert not propagation_of(make_model(plain, tiny_fashion)).rectified_residuals
+    with pytest.raises(ConfigError, match="rectified_residuals applies to analytic norm only"):
+        TrainConfig(norm="weight", rectified_residuals=True)

@@ -112,6 +112,11 @@ SWITCHES = {  # on/off flag (--x / --no-x) -> (TrainConfig field, help)
         "exact_first_layer",
         "analytic norm: first-layer moments from the input patch covariance (on)",
     ),
+    "--rectified-residuals": (
+        "rectified_residuals",
+        "analytic norm: the ReLU after a residual addition as relu(relu(a) + b), not the sum "
+        "taken as Gaussian (off)",
+    ),
 }  # fmt: skip
 
 

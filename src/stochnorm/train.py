@@ -90,6 +90,9 @@ def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
         cfg.model, data.in_channels, data.num_classes, norm=cfg.norm, width=cfg.width,
         padding=cfg.padding, groups=cfg.groups,
     )  # fmt: skip
+    propagation = analytic.propagation_of(model)
+    if propagation is not None:  # kept by a model loaded from its state dict too
+        propagation.rectified_residuals = cfg.rectified_residuals
     for layer in normalizations(model):
         if isinstance(layer, PopulationNorm):
             layer.gradient = cfg.population_gradient
@@ -133,7 +136,8 @@ def attach_analytic(model: nn.Module, cfg: TrainConfig, data: datasets.Splits) -
     """Give analytic norm the measured moments of the training inputs (per channel, and the
     first layer's patch covariance when `exact_first_layer`) and set its statistics."""
     mean, var, patches, size = measured_input_moments(model, cfg, data)
-    analytic.attach(model, mean, var, channels=data.in_channels, size=size, input_patches=patches)
+    analytic.attach(model, mean, var, channels=data.in_channels, size=size, input_patches=patches,
+                    rectified_residuals=cfg.rectified_residuals)  # fmt: skip
 
 
 def measured_input_moments(
