@@ -1,6 +1,7 @@
 """Moment rules for analytic norm, measured against each other: per normalized layer of a
 zoo model at initialization, sigma_est / sigma_true of the layer's output on real images
-(as in zoo.py), for each combination of two rules.
+(as in zoo.py), for combinations of the rules below ("both": rectified residual and
+border-aware conv; "both, max-pool measured": and the max-pool oracle).
 
     python benchmarks/rule_candidates.py [--models resnet18 tv-resnet18 resnet50 regnetx_002]
         [--seeds 0 1 2] [--out results/benchmarks/rule-candidates.md]
@@ -9,13 +10,16 @@ zoo model at initialization, sigma_est / sigma_true of the layer's output on rea
   and `MomentPropagation`): a ReLU after the residual addition of an earlier ReLU's output
   and another branch gets the moments of relu(relu(a) + b) (`moments.residual_relu`); "as
   is" is the default, every ReLU's input taken as Gaussian (the papers' rule).
+- "max-pool measured", an oracle: the max-pool's output moments measured on the images,
+  standing for a max-pool rule that knows the spatial correlation of its input (the
+  library's rule passes the input's moments on: the max of equal values).
 - "border-aware conv", a candidate not in the library: the conv rule counts zero padding.
   Under the rule's independence assumption, the output mean and variance over positions,
   where an output position near the border sums fewer input terms (the library's rule
   assumes every term is present).
 
 Needs timm, as zoo.py. Walks the library's plan with its private rule method (`_rule`), to
-put the candidate conv rule in: a measurement, not a feature.
+put the candidate conv rule and the oracle in: a measurement, not a feature.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from stochnorm.convert import convert
 from stochnorm.norms import AnalyticNorm
 from stochnorm.provenance import hardware
 
-CANDIDATES = ("as is", "rectified residual", "border-aware conv", "both")
+CANDIDATES = ("as is", "rectified residual", "border-aware conv", "both",
+              "both, max-pool measured")  # fmt: skip
 
 
 def _valid_fractions(n: int, kernel: int, stride: int, padding: int, dilation: int):
@@ -95,13 +100,31 @@ def _operation(model: nn.Module, step) -> str:
 
 
 @torch.no_grad()
+def measured_max_pools(model: nn.Module, x: Tensor) -> dict[str, tuple]:
+    """The per-channel mean and variance of every max-pool's output on `x` (the model in
+    eval mode), by plan step name: an oracle standing in for a max-pool rule that would
+    know the spatial correlation of its input."""
+    prop, found = propagation_of(model), {}
+    for step, value in prop.execute(model.eval(), x):
+        if step.op == "call_module" and isinstance(model.get_submodule(step.target),
+                                                   nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d):  # fmt: skip
+            dims = [0, *range(2, value.dim())]
+            found[step.name] = (value.mean(dims), value.var(dims, unbiased=False),
+                                tuple(value.shape[2:]))  # fmt: skip
+    return found
+
+
+@torch.no_grad()
 def propagate(model: nn.Module, x: Tensor, candidate: str) -> None:
     """The library's propagation of `model` with `candidate`'s rules, setting every
     analytic norm's statistics as the propagation before a training forward does."""
     prop = propagation_of(model)
     chosen = prop.rectified_residuals
-    prop.rectified_residuals = candidate in ("rectified residual", "both")
-    border = candidate in ("border-aware conv", "both")
+    prop.rectified_residuals = candidate != "as is" and candidate != "border-aware conv"
+    border = "both" in candidate or candidate == "border-aware conv"
+    # the max-pools' inputs depend on the first layers only, whose statistics (exact first
+    # conv) no candidate changes
+    pools = measured_max_pools(model, x) if "max-pool measured" in candidate else {}
     env: list = []
     for step in prop.plan:
         if step.op == "placeholder":
@@ -116,7 +139,7 @@ def propagate(model: nn.Module, x: Tensor, candidate: str) -> None:
             conv = model.get_submodule(step.target)
             if isinstance(conv, nn.Conv2d):
                 state = (*border_aware_conv(conv, given[0], given[1], given[2]), state[2])
-        env.append(state)
+        env.append(pools.get(step.name, state))
     prop.rectified_residuals = chosen
 
 
