@@ -77,6 +77,9 @@ def test_independence_error_closed_form_for_fully_correlated_inputs():
     assert row["spatial"] == pytest.approx(1 / math.sqrt(3), rel=1e-9)
     assert row["channel"] == pytest.approx(1 / math.sqrt(9), rel=1e-9)
     assert row["separable"] == pytest.approx(1.0, rel=1e-9)  # C0 all ones, r = 1
+    # all of it is between images; the covariances of 400 image means (n - 1) and of 6,400
+    # patches (n - 1) are normalized differently: 0.1% apart in the sd
+    assert row["between"] == pytest.approx(1.0, rel=2e-3)
 
 
 @pytest.mark.parametrize("groups", [2, 4])
@@ -97,6 +100,7 @@ def test_independence_error_of_grouped_convs_in_closed_form(groups):
     assert row["spatial"] == pytest.approx(1 / math.sqrt(c), rel=1e-9)
     assert row["channel"] == pytest.approx(1 / 3, rel=1e-9)
     assert row["separable"] == pytest.approx(1.0, rel=1e-9)
+    assert row["between"] == pytest.approx(1.0, rel=2e-3)  # as in the test above
 
 
 def test_separable_model_is_exact_for_a_separable_field():
@@ -117,6 +121,25 @@ def test_separable_model_is_exact_for_a_separable_field():
         assert row[key] < 0.8
 
 
+def test_between_image_model_is_exact_for_image_offsets_plus_noise():
+    """x = A o + e: one N(0, 1) offset per image and channel, mixed across channels by A,
+    plus i.i.d. pixel noise; Sigma is (A A^T) on every pair of offsets plus the noise on the
+    diagonal, the between-image model itself (within 2%), which the separable model, with
+    one spatial correlation shared by channels of different noise, need not be."""
+    from stochnorm.diagnostics import independence_error
+
+    torch.manual_seed(3)
+    mixing = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.5, 0.5, 0.7]])
+    offsets = torch.einsum("cd,nd->nc", mixing, torch.randn(3000, 3))
+    x = (
+        offsets[:, :, None, None]
+        + torch.randn(3000, 3, 6, 6) * torch.tensor([0.3, 1.0, 2.0])[:, None, None]
+    )
+    (row,) = independence_error(_conv_with_norm(3, weight=1.0), x)
+    assert row["between"] == pytest.approx(1.0, abs=0.02)
+    assert row["independent"] < 0.8
+
+
 def test_independence_error_is_one_for_independent_inputs():
     """i.i.d. pixels: Sigma is the identity up to sampling error; with 2000 images of 6x6
     (32,000 patches) the ratios are within 2% of 1 (their sampling error is about 0.5%)."""
@@ -124,7 +147,7 @@ def test_independence_error_is_one_for_independent_inputs():
 
     torch.manual_seed(1)
     (row,) = independence_error(_conv_with_norm(3), torch.randn(2000, 3, 6, 6))
-    for key in ("independent", "spatial", "channel", "separable"):
+    for key in ("independent", "spatial", "channel", "separable", "between"):
         assert row[key] == pytest.approx(1.0, abs=0.02)
 
 

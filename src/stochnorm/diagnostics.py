@@ -445,18 +445,28 @@ def independence_error(
     kernel offset ("channel": cross-channel correlations only), and replaced by the separable
     model C0[c, d] r(a - b) ("separable": the channels' covariance C0 at equal positions, times
     one correlation r of a channel's values at kernel offsets a, b that depends on their
-    displacement only, averaged over the channels). 1 means the assumption
-    costs nothing; below 1 the rule underestimates the std.
+    displacement only, averaged over the channels), and by the between-image model
+    ("between": every image's per-channel spatial means, with their full covariance across
+    images, plus independent pixels around them with the channel's mean within-image
+    variance; for a linear layer, whose inputs have no positions, it is Sigma itself).
+    1 means the assumption costs nothing; below 1 the rule underestimates the std.
     """
     bound = [(n, n.layer) for n in normalizations(model) if n.layer is not None]
     if not bound:
         raise ValueError("the model has no normalization bound to a conv/linear layer")
     patches: dict[int, list[Tensor]] = {id(layer): [] for _, layer in bound}
+    images: dict[int, list[tuple[Tensor, Tensor]]] = {id(layer): [] for _, layer in bound}
     g = torch.Generator().manual_seed(0)
 
     def collect(layer: nn.Module, inputs: tuple) -> None:
         u = inputs[0].detach()
         share = math.ceil(max_rows * len(u) / len(x))  # rows kept from this batch
+        if isinstance(layer, nn.Conv2d):  # each image's channel means and variances
+            images[id(layer)].append((u.mean((2, 3)).double(),
+                                      u.var((2, 3), unbiased=False).double()))  # fmt: skip
+        else:
+            flat = u.reshape(len(u), -1).double()
+            images[id(layer)].append((flat, torch.zeros_like(flat)))
         if isinstance(layer, nn.Conv2d):
             cols = F.unfold(u, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
             u = cols.transpose(1, 2).reshape(-1, cols.shape[1])
@@ -491,9 +501,27 @@ def independence_error(
             "spatial": ratio(cov * (channel[:, None] == channel[None, :])),
             "channel": ratio(cov * (offset[:, None] == offset[None, :])),
             "separable": ratio(_separable_covariance(cov, per_channel, layer)),
+            "between": ratio(_between_image_covariance(images.pop(id(layer)), groups,
+                                                       per_channel)),  # fmt: skip
             "patches": len(rows_),
         })  # fmt: skip
     return rows
+
+
+def _between_image_covariance(
+    images: list[tuple[Tensor, Tensor]], groups: int, per_channel: int
+) -> Tensor:
+    """The between-image model of a layer's patch covariance, [g, d, d]: from each image's
+    per-channel spatial means and variances (`images`, per batch), the covariance B of the
+    means across images (within each group of channels) for every pair of kernel offsets,
+    plus the mean within-image variance W of a channel on the diagonal."""
+    means = torch.cat([m for m, _ in images])
+    within = torch.cat([v for _, v in images]).mean(0)
+    centred = (means - means.mean(0)).view(len(means), groups, -1)
+    between = torch.einsum("ngc,ngd->gcd", centred, centred) / max(len(means) - 1, 1)
+    ones = torch.ones(per_channel, per_channel, dtype=between.dtype)
+    diagonal = torch.diag_embed(within.view(groups, -1).repeat_interleave(per_channel, dim=1))
+    return torch.stack([torch.kron(b, ones) for b in between]) + diagonal
 
 
 def _separable_covariance(cov: Tensor, per_channel: int, layer: nn.Module) -> Tensor:

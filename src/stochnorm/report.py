@@ -289,16 +289,17 @@ def analytic_statistics_markdown(found: dict[str, Any], stage: str) -> str:
         "(spatial correlations kept), to same-offset pairs (cross-channel kept) or replaced "
         "by the separable model C0[c, d] r(a - b) (the channels' covariance at equal "
         "positions times one spatial correlation per displacement; both kinds kept, "
-        "in two small factors):",
+        "in two small factors) or by the between-image model (each image's channel means "
+        "with their covariance across images, independent pixels around them):",
         "",
-        "| layer | independent | spatial kept | cross-channel kept | separable |",
-        "|---|---|---|---|---|",
+        "| layer | independent | spatial kept | cross-channel kept | separable | between |",
+        "|---|---|---|---|---|---|",
     ]
     for r in found["independence_error"]:
-        separable = f"{r['separable']:.3f}" if "separable" in r else "-"
+        extra = [f"{r[k]:.3f}" if k in r else "-" for k in ("separable", "between")]
         lines.append(
             f"| {r['layer']} | {r['independent']:.3f} | {r['spatial']:.3f} | {r['channel']:.3f} "
-            f"| {separable} |"
+            f"| {' | '.join(extra)} |"
         )
     if found.get("rule_errors"):
         lines += ["", *rule_errors_markdown(found["rule_errors"])]
