@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from zoo import BAND, build, real_images, warmed_batch_norm
 
-from stochnorm.analytic import _Ref, propagation_of
+from stochnorm.analytic import _first_ref, propagation_of
 from stochnorm.checkpoint import atomic_write
 from stochnorm.convert import convert
 from stochnorm.norms import AnalyticNorm
@@ -134,7 +134,8 @@ def propagate(model: nn.Module, x: Tensor, candidate: str) -> None:
             env.append(start if not env else None)
             continue
         state = prop._rule(model, step, env)
-        given = env[step.args[0].index] if step.args and isinstance(step.args[0], _Ref) else None
+        first = _first_ref(step)
+        given = env[first] if first is not None else None
         if border and step.op == "call_module" and not step.reads_input and given is not None:
             conv = model.get_submodule(step.target)
             if isinstance(conv, nn.Conv2d):

@@ -185,8 +185,8 @@ class MomentPropagation(nn.Module):
     (`moments.residual_relu`) and a ReLU of an already rectified value is the identity;
     False (the default) takes every ReLU's input as Gaussian, the papers' rule. True keeps
     the statistics of residual networks far closer to the truth at initialization, for
-    about twice the propagation's operations there (both measured in results/benchmarks/
-    rule-candidates.md and op_counts.md).
+    about 1.7 times the operations of a training step there (both measured in
+    results/benchmarks/rule-candidates.md and op_counts.md).
 
     The model's graph is traced once, at construction, with normalizations as leaves, and
     kept as a plan of plain steps that torch.compile traces without graph breaks. When

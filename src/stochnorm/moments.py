@@ -276,20 +276,24 @@ _RECTIFIED_RANGE = (-8.0, 20.0)  # t = m / sd of the source; Phi(-8) = 6e-16 (fl
 _RECTIFIED_CACHE: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
 
+def _unit_rectification(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For z ~ N(t, 1): k(t) = mean / sd of relu(z), its derivative k'(t), the variance s^2
+    of relu(z) and its derivative. With mu = E[relu(z)] and Phi = Phi(t): mu' = Phi and
+    (s^2)' = 2 mu (1 - Phi), so k' = Phi / s - mu^2 (1 - Phi) / s^3."""
+    mu, s2 = relu(t, torch.ones_like(t))
+    s, cdf = s2.sqrt(), 0.5 * torch.erfc(-t * _INV_SQRT2)
+    return mu / s, cdf / s - mu * mu * (1 - cdf) / (s * s2), s2, 2 * mu * (1 - cdf)
+
+
 def _rectified_table(like: Tensor) -> tuple[Tensor, Tensor]:
-    """On a grid of t over `_RECTIFIED_RANGE` (spacing 0.0017): k(t) = mean / sd of
-    relu(z), z ~ N(t, 1), which increases with t, and the rows [t, k(t), k'(t)] (computed in
-    float64 and cached in `like`'s dtype and device). With mu = E[relu(z)], s^2 =
-    Var[relu(z)] and Phi = Phi(t): mu' = Phi, (s^2)' = 2 mu (1 - Phi), so k' = Phi / s -
-    mu^2 (1 - Phi) / s^3."""
+    """k(t) on a grid of t over `_RECTIFIED_RANGE` (spacing 0.0017; k increases with t) and
+    the rows [t, k'(t)] (`_unit_rectification`; computed in float64, cached in `like`'s
+    dtype and device)."""
     key = (like.dtype, like.device)
     if key not in _RECTIFIED_CACHE:
         t = torch.linspace(*_RECTIFIED_RANGE, 16385, dtype=torch.float64)
-        mu, s2 = relu(t, torch.ones_like(t))
-        s, cdf = s2.sqrt(), 0.5 * torch.erfc(-t * _INV_SQRT2)
-        slope = cdf / s - mu * mu * (1 - cdf) / (s * s2)
-        rows = torch.stack([t, mu / s, slope], dim=1)
-        _RECTIFIED_CACHE[key] = ((mu / s).to(like), rows.to(like))
+        ratio, slope, _, _ = _unit_rectification(t)
+        _RECTIFIED_CACHE[key] = (ratio.to(like), torch.stack([t, slope], dim=1).to(like))
     return _RECTIFIED_CACHE[key]
 
 
@@ -307,26 +311,12 @@ def rectified_source(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     target = (mean / sd).clamp(ratio[0], ratio[-1])
     with torch.no_grad():
         index = torch.searchsorted(ratio, target.contiguous()).clamp_max(len(ratio) - 1)
-        grid_t, grid_k, grid_slope = rows[index].unbind(-1)
-        start = grid_t + (target - grid_k) / grid_slope
-        mu, s2 = _relu_mean_var(start, torch.ones_like(start))
-        s, cdf = s2.sqrt(), 0.5 * torch.erfc(-start * _INV_SQRT2)
-        slope = cdf / s - mu * mu * (1 - cdf) / (s * s2)
-        s2_slope = 2 * mu * (1 - cdf)
-    t = start + (target - mu / s) / slope
+        grid_t, grid_slope = rows[index].unbind(-1)
+        start = grid_t + (target - ratio[index]) / grid_slope
+        k, slope, s2, s2_slope = _unit_rectification(start)
+    t = start + (target - k) / slope
     scale = sd * torch.rsqrt(s2 + s2_slope * (t - start))
     return t * scale, scale * scale
-
-
-def _relu_mean_var(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-    """`relu`'s rule in plain tensor operations (autograd differentiates them): mean m Phi +
-    sd phi, variance v r(t) in the cancellation-free form of `leaky_relu`'s docstring."""
-    sd = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
-    t = (mean / sd).clamp(-40.0, 40.0)  # beyond, Phi is 0 or 1 and phi 0 in float64
-    cdf = 0.5 * torch.erfc(-t * _INV_SQRT2)
-    pdf = torch.exp(-0.5 * t * t) * _INV_SQRT_2PI
-    r = t * t * cdf * (1 - cdf) + cdf + t * pdf * (1 - 2 * cdf) - pdf * pdf
-    return mean * cdf + sd * pdf, var * r
 
 
 _LEGENDRE_CACHE: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
@@ -365,9 +355,9 @@ def residual_relu(
     position = below[..., None] + (1 - below[..., None]) * u
     a = source_mean[..., None] + sd[..., None] * _SQRT2 * torch.erfinv(2 * position - 1)
     a = a.clamp_min(0)  # a > 0 in exact arithmetic; round-off at the lowest node
-    inner_mean, inner_var = _relu_mean_var(a + branch_mean[..., None], branch_var[..., None])
+    inner_mean, inner_var = relu(a + branch_mean[..., None], branch_var[..., None].expand_as(a))
     share = (1 - below[..., None]) * w  # the probability of each node's slice
-    zero_mean, zero_var = _relu_mean_var(branch_mean, branch_var)
+    zero_mean, zero_var = relu(branch_mean, branch_var)
     mean = below * zero_mean + (inner_mean * share).sum(-1)
     # the law of total variance over the mixture of the slices: no cancellation
     spread = inner_var + (inner_mean - mean[..., None]).square()
