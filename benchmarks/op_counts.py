@@ -22,15 +22,16 @@ from stochnorm import models
 from stochnorm.analytic import propagation_of
 from stochnorm.bayes import add_noise
 
-CASES = {  # name -> (norm, learned noise, rectified residuals)
-    "batch": ("batch", False, False),
-    "weight": ("weight", False, False),
-    "population": ("population", False, False),
-    "group": ("group", False, False),
-    "layer": ("layer", False, False),
-    "analytic": ("analytic", False, False),
-    "analytic + bayes": ("analytic", True, False),
-    "analytic, rectified residuals": ("analytic", False, True),
+CASES = {  # name -> (norm, learned noise, options of analytic norm's MomentPropagation)
+    "batch": ("batch", False, {}),
+    "weight": ("weight", False, {}),
+    "population": ("population", False, {}),
+    "group": ("group", False, {}),
+    "layer": ("layer", False, {}),
+    "analytic": ("analytic", False, {}),
+    "analytic + bayes": ("analytic", True, {}),
+    "analytic, rectified residuals": ("analytic", False, {"rectified_residuals": True}),
+    "analytic, border-aware convs": ("analytic", False, {"border_aware_convs": True}),
 }
 PHASES = ("forward", "backward", "step")
 
@@ -69,13 +70,13 @@ def count_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
     return counted
 
 
-def build(model: str, norm: str, bayes: bool, rectified: bool = False) -> torch.nn.Module:
+def build(model: str, norm: str, bayes: bool, options: dict) -> torch.nn.Module:
     torch.manual_seed(0)
     net = models.build(model, 1, 10, norm=norm, width=1 / 3)
     if bayes:
         add_noise(net, "bayes", sigma_s=0.1)
-    if rectified:  # the residual ReLU rule (`MomentPropagation(rectified_residuals=True)`)
-        propagation_of(net).rectified_residuals = True
+    for name, value in options.items():  # the refined rules
+        setattr(propagation_of(net), name, value)
     return net
 
 

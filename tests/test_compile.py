@@ -77,3 +77,26 @@ def test_compiled_training_run_matches_the_eager_run(tiny_fashion, monkeypatch):
     got, want = compiled["history"][0], eager["history"][0]
     for key in ("train_loss", "val_loss", "val_acc"):
         assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+
+
+def test_the_max_pool_rule_compiles_into_one_graph_and_matches_eager():
+    """The stem of a resnet with its max-pool after the exact first layer (the correlated
+    max of `moments.gaussian_max`, its window types built in Python): one graph, the eager
+    gradients."""
+    from stochnorm import convert
+
+    from .test_analytic import _PooledStem, _smooth_field
+
+    torch.manual_seed(0)
+    x = _smooth_field(64, 15)
+    eager = torch.nn.Sequential(convert(_PooledStem(), "analytic", inputs=x),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(3))  # fmt: skip
+    eager(x[:2])  # materialize the lazy layer
+    assert propagation_of(eager[0]).patch_cross is not None
+    compiled_net = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_net, fullgraph=True, backend="aot_eager")
+    y = torch.tensor([0, 1, 2, 0])
+    for net in (eager, compiled):
+        F.cross_entropy(net(x[:4]), y).backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled_net.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -542,12 +542,13 @@ def test_the_history_follows_the_learned_noise_per_layer(tiny_fashion):
     assert all("sigma_s_over_s" not in r for r in plain)
 
 
-def test_the_rectified_residual_rule_is_chosen_in_the_configuration(tiny_fashion):
+@pytest.mark.parametrize("option", ["rectified_residuals", "border_aware_convs"])
+def test_the_refined_moment_rules_are_chosen_in_the_configuration(tiny_fashion, option):
     from stochnorm.analytic import propagation_of
 
-    cfg = TrainConfig(model="resnet20", norm="analytic", width=0.1, rectified_residuals=True)
-    assert propagation_of(make_model(cfg, tiny_fashion)).rectified_residuals
+    cfg = TrainConfig(model="resnet20", norm="analytic", width=0.1, **{option: True})
+    assert getattr(propagation_of(make_model(cfg, tiny_fashion)), option)
     plain = TrainConfig(model="resnet20", norm="analytic", width=0.1)
-    assert not propagation_of(make_model(plain, tiny_fashion)).rectified_residuals
-    with pytest.raises(ConfigError, match="rectified_residuals applies to analytic norm only"):
-        TrainConfig(norm="weight", rectified_residuals=True)
+    assert not getattr(propagation_of(make_model(plain, tiny_fashion)), option)
+    with pytest.raises(ConfigError, match=f"{option} applies to analytic norm only"):
+        TrainConfig(norm="weight", **{option: True})

@@ -10,6 +10,7 @@ independent of the batch.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Iterator, Sequence
@@ -85,6 +86,41 @@ def _window_out(size, kernel, stride, padding, dilation=1, ceil_mode=False) -> t
     return tuple(out)
 
 
+def _conv_padding(module: nn.Module) -> tuple[int, ...]:
+    """A conv's zero padding per spatial dim (also for padding="same" / "valid")."""
+    n = module.weight.ndim - 2
+    if module.padding == "valid":
+        return (0,) * n
+    if module.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(_pair(module.kernel_size, n),
+                                                      _pair(module.dilation, n), strict=True))  # fmt: skip
+    return _pair(module.padding, n)
+
+
+def _taps_inside(size, module: nn.Module) -> tuple[list[float], list[list[float]]]:
+    """For a conv with zero padding on a map of `size`: the fraction of output positions at
+    which each kernel tap reads inside the map [K], and at which two taps both do [K, K]
+    (taps in the order of `weight.flatten(2)`)."""
+    n = len(size)
+    return _taps_inside_of(tuple(size), _pair(module.kernel_size, n), _pair(module.stride, n),
+                           _conv_padding(module), _pair(module.dilation, n))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _taps_inside_of(size, kernel, stride, padding, dilation):
+    # the output positions form a grid and a tap reads inside when it does in every dim: the
+    # fractions are products over the dims (Kronecker products of the per-dim fractions)
+    inside, pairs = [1.0], [[1.0]]
+    out = _window_out(size, kernel, stride, padding, dilation)
+    for m, k, st, p, d, o in zip(size, kernel, stride, padding, dilation, out, strict=True):
+        reads = [[0 <= i * st - p + tap * d < m for tap in range(k)] for i in range(o)]
+        dim_inside = [sum(r[t] for r in reads) / o for t in range(k)]
+        dim_pairs = [[sum(r[t] and r[u] for r in reads) / o for u in range(k)] for t in range(k)]
+        inside = [a * b for a in inside for b in dim_inside]
+        pairs = [[a * b for a in row for b in dim_row] for row in pairs for dim_row in dim_pairs]
+    return inside, pairs
+
+
 class _Ref(NamedTuple):
     """An argument of a step that is the result of the step at `index` of the plan."""
 
@@ -150,6 +186,87 @@ def _rectified_steps(model: nn.Module, plan: Sequence[_Step]) -> tuple[frozenset
     return frozenset(again), residual
 
 
+class _PoolSource(NamedTuple):
+    """Where a max-pool's input comes from: the plan indices of the first-layer conv, and
+    of the value before the ReLU (the conv's output through per-channel normalizations),
+    and whether a ReLU lies in between."""
+
+    conv: int
+    before_relu: int
+    relu: bool
+
+
+def _max_pool_sources(model: nn.Module, plan: Sequence[_Step]) -> dict[str, _PoolSource]:
+    """The 2d max-pools whose input is the model's first conv (reading the input) through
+    per-channel normalizations, at most one ReLU and identities, by step name: the pools
+    whose input's spatial correlation the first layer's patch cross-covariances give."""
+    found = {}
+    for step in plan:
+        if step.op != "call_module" or not isinstance(model.get_submodule(step.target),
+                                                      nn.MaxPool2d):  # fmt: skip
+            continue
+        index = before = _first_ref(step)
+        relu = normalized = False
+        while index is not None:
+            source = plan[index]
+            module = model.get_submodule(source.target) if source.op == "call_module" else None
+            if isinstance(module, nn.Conv2d) and source.reads_input:
+                found[step.name] = _PoolSource(index, before, relu)
+                break
+            if _is_relu(model, source) and not (relu or normalized):
+                relu, before = True, _first_ref(source)
+            elif isinstance(module, _Normalization | nn.modules.batchnorm._BatchNorm):
+                normalized = True  # per channel: keeps the correlation between positions
+            elif not isinstance(module, nn.Identity | nn.Dropout | nn.Dropout2d):
+                break
+            index = _first_ref(source)
+    return found
+
+
+def _window_offsets(pool: nn.MaxPool2d) -> list[tuple[int, int]]:
+    """The positions of a max-pool's window elements, row by row, in its input's grid."""
+    (kh, kw), (dh, dw) = _pair(pool.kernel_size, 2), _pair(pool.dilation, 2)
+    return [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
+
+
+def _canonical(dy: int, dx: int) -> tuple[int, int]:
+    """One of the offsets +-(dy, dx), whose cross-covariances are each other's transpose."""
+    return (dy, dx) if (dy, dx) > (0, 0) else (-dy, -dx)
+
+
+def max_pool_offsets(model: nn.Module) -> list[tuple[int, int]]:
+    """The nonzero offsets (in the first conv's output grid, one of each +- pair, sorted)
+    between the window elements of the max-pools that `_max_pool_sources` finds: the
+    offsets at which `patch_moments` measures the patches' cross-covariance."""
+    plan = _plan(_Tracer().trace(model))
+    offsets = set()
+    for name in _max_pool_sources(model, plan):
+        pool = model.get_submodule(next(s.target for s in plan if s.name == name))
+        window = _window_offsets(pool)
+        offsets |= {_canonical(b[0] - a[0], b[1] - a[1]) for a in window for b in window if a != b}
+    return sorted(offsets)
+
+
+def _window_types(size, pool: nn.MaxPool2d) -> tuple[list[list[int]], list[float]]:
+    """For a 2d max-pool on a map of `size`: the distinct sets of window elements (indices
+    into `_window_offsets`) that fall inside the map, with the fraction of output positions
+    whose window has each (padding is never the max)."""
+    per_dim = []
+    kernel, stride = _pair(pool.kernel_size, 2), _pair(pool.stride or pool.kernel_size, 2)
+    padding, dilation = _pair(pool.padding, 2), _pair(pool.dilation, 2)
+    out = _window_out(size, kernel, stride, padding, dilation, pool.ceil_mode)
+    for n, k, st, p, d, o in zip(size, kernel, stride, padding, dilation, out, strict=True):
+        inside: dict[tuple[int, ...], int] = {}
+        for position in range(o):
+            key = tuple(i for i in range(k) if 0 <= position * st - p + i * d < n)
+            inside[key] = inside.get(key, 0) + 1
+        per_dim.append(inside)
+    (rows, columns), width = per_dim, kernel[1]
+    types = [[i * width + j for i in r for j in c] for r in rows for c in columns]
+    shares = [a * b / (out[0] * out[1]) for a in rows.values() for b in columns.values()]
+    return types, shares
+
+
 def _plan(graph: fx.Graph) -> tuple[_Step, ...]:
     """The nodes of `graph` up to its output, in order, as `_Step`s."""
     index: dict[fx.Node, int] = {}
@@ -178,14 +295,22 @@ class MomentPropagation(nn.Module):
     ([C], or [1] for one value broadcast to every channel), and optionally `patch_mean` [D],
     `patch_cov` [D, D], those of the input patches seen by the first conv/linear (see
     `patch_moments`), whose output moments are then exact instead of assuming independent
-    inputs. `pool_correlation`: "full" (pooled values perfectly correlated: the variance is
-    unchanged by average pooling, our default) or "none" (independent: the variance is
-    divided by the window size). `rectified_residuals`: a ReLU after the residual addition
-    of an earlier ReLU's output and another branch gets the moments of relu(relu(a) + b)
-    (`moments.residual_relu`) and a ReLU of an already rectified value is the identity;
-    False (the default) takes every ReLU's input as Gaussian, the papers' rule. True keeps
-    the statistics of residual networks far closer to the truth at initialization, for
-    about 1.7 times the operations of a training step there (both measured in
+    inputs, and `patch_cross` [n, D, D], their cross-covariances at the offsets a max-pool
+    right after that conv needs (`max_pool_offsets`): that max-pool's rule then takes the
+    max of its window's correlated values (`_max_pool_rule`); without them it passes its
+    input's moments on (the max of equal values, the papers' rule).
+
+    The rules' options: `pool_correlation`: "full" (pooled values perfectly correlated: the
+    variance is unchanged by average pooling, our default) or "none" (independent: the
+    variance is divided by the window size). `rectified_residuals`: a ReLU after the
+    residual addition of an earlier ReLU's output and another branch gets the moments of
+    relu(relu(a) + b) (`moments.residual_relu`) and a ReLU of an already rectified value is
+    the identity; False (the default) takes every ReLU's input as Gaussian, the papers'
+    rule. `border_aware_convs`: the conv rule counts zero padding
+    (`moments.conv_with_padding`); False (the default) takes every tap as inside, the
+    papers' rule. Together with the max-pool rule, the two keep the statistics of residual
+    networks at initialization within [0.8, 1.25] of the truth in almost every layer; the
+    residual rule costs about 1.7 times the operations of a training step there (measured in
     results/benchmarks/rule-candidates.md and op_counts.md).
 
     The model's graph is traced once, at construction, with normalizations as leaves, and
@@ -202,19 +327,24 @@ class MomentPropagation(nn.Module):
         input_mean: Tensor | float = 0.0,
         input_var: Tensor | float = 1.0,
         pool_correlation: str = "full",
-        input_patches: tuple[Tensor, Tensor] | None = None,
+        input_patches: tuple[Tensor, ...] | None = None,
         rectified_residuals: bool = False,
+        border_aware_convs: bool = False,
     ) -> None:
         super().__init__()
         moments.average_pool(torch.zeros(1), torch.ones(1), 1, pool_correlation)  # validates
         self.plan = _plan(_Tracer().trace(model))
         self.pool_correlation = pool_correlation
         self.rectified_residuals = rectified_residuals
+        self.border_aware_convs = border_aware_convs
         self._relu_of_rectified, self._residual_relus = _rectified_steps(model, self.plan)
+        self._max_pools = _max_pool_sources(model, self.plan)
+        self._offsets = max_pool_offsets(model) if self._max_pools else []
         self.register_buffer("input_mean", torch.zeros(1))
         self.register_buffer("input_var", torch.ones(1))
         self.register_buffer("patch_mean", None)
         self.register_buffer("patch_cov", None)
+        self.register_buffer("patch_cross", None)
         # True when loaded from a checkpoint written before these buffers existed (it holds
         # the normalizations' statistics but not the input moments: see `needs_input_moments`)
         self.needs_input_moments = False
@@ -228,20 +358,28 @@ class MomentPropagation(nn.Module):
         self,
         mean: Tensor | float,
         var: Tensor | float,
-        patches: tuple[Tensor, Tensor] | None = None,
+        patches: tuple[Tensor, ...] | None = None,
     ) -> None:
-        """Replace the input moments (and the first layer's patch moments, None: drop them)."""
+        """Replace the input moments (and the first layer's patch moments, None: drop them;
+        `patch_moments` measures them, with the cross-covariances at `max_pool_offsets`)."""
         device = self.input_mean.device
         self.input_mean = torch.as_tensor(mean, dtype=torch.float32).flatten().to(device)
         self.input_var = torch.as_tensor(var, dtype=torch.float32).flatten().to(device)
-        if patches is None:
-            self.patch_mean = self.patch_cov = None
-        else:
-            self.patch_mean, self.patch_cov = (t.detach().to(device) for t in patches)
+        self.patch_mean = self.patch_cov = self.patch_cross = None
+        if patches is not None:
+            self.patch_mean, self.patch_cov = (t.detach().to(device) for t in patches[:2])
+            if len(patches) > 2 and self._max_pools:
+                cross = patches[2].detach().to(device)
+                if len(cross) != len(self._offsets):
+                    raise ValueError(
+                        f"patch cross-covariances at {len(cross)} offsets given; this model's "
+                        f"max-pools need {len(self._offsets)} (see max_pool_offsets)"
+                    )
+                self.patch_cross = cross
         self.needs_input_moments = False
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *args):
-        names = ("input_mean", "input_var", "patch_mean", "patch_cov")
+        names = ("input_mean", "input_var", "patch_mean", "patch_cov", "patch_cross")
         if local_metadata.get("version") is None and prefix + "input_mean" not in state_dict:
             # a checkpoint from before this module kept its moments in the state dict
             self.needs_input_moments = True
@@ -253,6 +391,8 @@ class MomentPropagation(nn.Module):
                 setattr(self, name, torch.empty_like(saved, device=self.input_mean.device))
         if prefix + "patch_mean" not in state_dict:
             self.patch_mean = self.patch_cov = None
+        if prefix + "patch_cross" not in state_dict:  # also: saved before max-pools had a rule
+            self.patch_cross = None
         self.needs_input_moments = False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, *args)
 
@@ -270,7 +410,8 @@ class MomentPropagation(nn.Module):
         patches = ", exact first layer" if self.patch_mean is not None else ""
         return (
             f"input channels={self.input_mean.numel()}{patches}, pool_correlation="
-            f"{self.pool_correlation}, rectified_residuals={self.rectified_residuals}"
+            f"{self.pool_correlation}, rectified_residuals={self.rectified_residuals}, "
+            f"border_aware_convs={self.border_aware_convs}"
         )
 
     def propagate(
@@ -345,6 +486,8 @@ class MomentPropagation(nn.Module):
                 if skip is not None and branch is not None:
                     found = moments.residual_relu(skip[:2], branch[:2])
                     return (*found, first[2])
+        if node.name in self._max_pools and self.patch_cross is not None and first is not None:
+            return self._max_pool_rule(model, node, env)
         if node.op == "call_module":
             module = model.get_submodule(node.target)
             if (
@@ -427,6 +570,46 @@ class MomentPropagation(nn.Module):
         )
         return mean, var, out
 
+    def _max_pool_rule(self, model: nn.Module, node: _Step, env: list) -> State | None:
+        """A max-pool after the first conv (`_max_pool_sources`): the max of the window's
+        pre-activations, jointly Gaussian with their correlation between positions from the
+        conv's weights and the input patches' cross-covariances (`moments.gaussian_max`),
+        then the ReLU's rule (it commutes with the max); border windows, which hold fewer
+        values, are mixed in by their share of positions. The normalizations in between
+        are per channel and keep the correlation (their noise, shared by a channel's
+        positions, is taken as independent between positions)."""
+        source = self._max_pools[node.name]
+        before, given = env[source.before_relu], env[_first_ref(node)]
+        if before is None:
+            return None
+        conv, pool = (
+            model.get_submodule(self.plan[source.conv].target),
+            model.get_submodule(node.target),
+        )
+        w = conv.weight.flatten(1)
+        cov, cross = self.patch_cov.to(w), self.patch_cross.to(w)
+        var_out = ((w @ cov) * w).sum(1).clamp_min(torch.finfo(w.dtype).tiny)
+        along = (torch.einsum("od,nde,oe->no", w, cross, w) / var_out).clamp(-1, 1)
+        window = _window_offsets(pool)
+        where = {offset: i + 1 for i, offset in enumerate(self._offsets)}
+        index = [[0 if a == b else where[_canonical(b[0] - a[0], b[1] - a[1])]
+                  for b in window] for a in window]  # fmt: skip
+        correlation = torch.cat([torch.ones_like(along[:1]), along])[torch.tensor(index)]
+        types, shares = _window_types(given[2], pool)
+        order = torch.tensor([t + [i for i in range(len(window)) if i not in t] for t in types])
+        per_type = correlation.permute(2, 0, 1)[:, order[:, :, None], order[:, None, :]]
+        count = torch.tensor([len(t) for t in types], device=w.device)
+        peak_mean, peak_var = moments.gaussian_max(per_type, count)  # [C, types]
+        mean = before[0][:, None] + before[1].sqrt()[:, None] * peak_mean
+        var = before[1][:, None] * peak_var
+        if source.relu:
+            mean, var = moments.relu(mean, var)
+        share = torch.tensor(shares).to(mean)
+        pooled = (mean * share).sum(-1)
+        spread = ((var + (mean - pooled[:, None]).square()) * share).sum(-1)
+        return pooled, spread, _window_out(given[2], pool.kernel_size, pool.stride,
+                                           pool.padding, pool.dilation, pool.ceil_mode)  # fmt: skip
+
     def _module_rule(self, module: nn.Module, state: State | None, node: _Step) -> State | None:
         if state is None:
             if isinstance(module, AnalyticNorm):
@@ -437,9 +620,13 @@ class MomentPropagation(nn.Module):
             return None
         mean, var, size = state
         if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            out = _window_out(
-                size, module.kernel_size, module.stride, module.padding, module.dilation
-            )
+            padding = _conv_padding(module)
+            out = _window_out(size, module.kernel_size, module.stride, padding, module.dilation)
+            if self.border_aware_convs and any(padding) and module.padding_mode == "zeros":
+                inside, pairs = (torch.tensor(t).to(mean) for t in _taps_inside(size, module))
+                found = moments.conv_with_padding(mean, var, module.weight, inside, pairs,
+                                                  module.bias)  # fmt: skip
+                return (*found, out)
             return (*moments.linear(mean, var, module.weight, module.bias), out)
         if isinstance(module, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
             return _transposed_conv(module, mean, var, size)
@@ -562,9 +749,14 @@ def _transposed_conv(module: nn.Module, mean: Tensor, var: Tensor, size) -> Stat
     return mean_out, var_out, out
 
 
-def patch_moments(x: Tensor, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+def patch_moments(
+    x: Tensor, conv: nn.Conv2d, offsets: Sequence[tuple[int, int]] = ()
+) -> tuple[Tensor, ...]:
     """Mean [D] and covariance [D, D] (D = C * kh * kw) of the patches that `conv` sees in
-    the images `x` [N, C, H, W], zero padding included, pooled over images and positions."""
+    the images `x` [N, C, H, W], zero padding included, pooled over images and positions;
+    with `offsets` (dy, dx) in the conv's output grid also the cross-covariances [n, D, D]
+    of each patch with the patch offset from it, over the pairs inside the grid, about
+    the same mean."""
     patches = F.unfold(
         x.double(), conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
         stride=conv.stride,
@@ -573,7 +765,19 @@ def patch_moments(x: Tensor, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
     mean = flat.mean(0)
     centred = flat - mean
     cov = centred.T @ centred / len(flat)
-    return mean.float(), cov.float()
+    if not offsets:
+        return mean.float(), cov.float()
+    rows, columns = _window_out(x.shape[2:], conv.kernel_size, conv.stride, conv.padding,
+                                conv.dilation)  # fmt: skip
+    grid = (patches - mean[:, None]).view(len(x), -1, rows, columns).transpose(0, 1)
+    cross = []
+    for dy, dx in offsets:  # dy >= 0
+        left = slice(max(0, -dx), columns - max(0, dx))
+        right = slice(max(0, dx), columns + min(0, dx))
+        a = grid[:, :, : rows - dy, left].reshape(len(grid), -1)
+        b = grid[:, :, dy:, right].reshape(len(grid), -1)
+        cross.append(a @ b.T / max(1, a.shape[1]))
+    return mean.float(), cov.float(), torch.stack(cross).float()
 
 
 def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -590,10 +794,11 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
 
 def input_moments(
     model: nn.Module, x: Tensor, *, exact_first_layer: bool = True
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...] | None]:
     """The moments analytic norm starts from, measured on sample inputs `x` [N, C, ...]: per
     channel mean and variance, and with `exact_first_layer` the mean and covariance of the
-    patches that the model's first layer (a Conv2d reading the input) sees (else None)."""
+    patches that the model's first layer (a Conv2d reading the input) sees (else None),
+    and the cross-covariances the max-pools right after it need (`max_pool_offsets`)."""
     var, mean = torch.var_mean(x, (0, *range(2, x.ndim)), correction=0)
     if not exact_first_layer:
         return mean, var, None
@@ -603,7 +808,7 @@ def input_moments(
         raise ValueError(
             f"an exact first layer needs a Conv2d reading the input; this model starts with {what}"
         )
-    return mean, var, patch_moments(x, found[1])
+    return mean, var, patch_moments(x, found[1], max_pool_offsets(model))
 
 
 # The layers whose output moments the input patches make exact when they read the input.
@@ -618,8 +823,9 @@ def attach(
     channels: int | None = None,
     size: tuple[int, ...] | None = None,
     pool_correlation: str = "full",
-    input_patches: tuple[Tensor, Tensor] | None = None,
+    input_patches: tuple[Tensor, ...] | None = None,
     rectified_residuals: bool = False,
+    border_aware_convs: bool = False,
 ) -> MomentPropagation:
     """Make the AnalyticNorm layers of `model` work: register a `MomentPropagation` (with
     the options of that class) as the submodule `model.moment_propagation` and as a forward
@@ -627,7 +833,7 @@ def attach(
     are given, run it once so the evaluation statistics are set from the start."""
     detach(model)
     propagation = MomentPropagation(model, input_mean, input_var, pool_correlation,
-                                    input_patches, rectified_residuals)  # fmt: skip
+                                    input_patches, rectified_residuals, border_aware_convs)  # fmt: skip
     param = next(model.parameters(), None)
     if param is not None:
         propagation.to(param.device)

@@ -117,6 +117,10 @@ SWITCHES = {  # on/off flag (--x / --no-x) -> (TrainConfig field, help)
         "analytic norm: the ReLU after a residual addition as relu(relu(a) + b), not the sum "
         "taken as Gaussian (off)",
     ),
+    "--border-aware-convs": (
+        "border_aware_convs",
+        "analytic norm: the conv rule counts zero padding (off)",
+    ),
 }  # fmt: skip
 
 

@@ -33,7 +33,8 @@ class TrainConfig:
     first conv's output from the measured covariance of its input patches instead of assuming
     independent pixels. `rectified_residuals`: analytic norm's rule for a ReLU after a residual
     addition, relu(relu(a) + b) instead of the sum taken as Gaussian (see
-    `analytic.MomentPropagation`). `noise`: None, "bn-like" (fixed noise of std `sigma_v` (additive) and
+    `analytic.MomentPropagation`); `border_aware_convs`: its conv rule counts zero padding (a
+    position near the border sums fewer taps). `noise`: None, "bn-like" (fixed noise of std `sigma_v` (additive) and
     `sigma_u` (multiplicative) after every normalization; a value for all layers or one per layer)
     or "bayes" (learned scale noise starting at `sigma_s`, one per channel or per layer, trained on
     the ELBO with the KL term weighted by `kl_factor`; the noise parameters step at
@@ -86,6 +87,7 @@ class TrainConfig:
     population_gradient: bool = True
     exact_first_layer: bool = True
     rectified_residuals: bool = False
+    border_aware_convs: bool = False
     noise: str | None = None
     sigma_v: float | tuple[float, ...] = 0.0
     sigma_u: float | tuple[float, ...] = 0.0
@@ -136,10 +138,11 @@ class TrainConfig:
             not self.sync_bn or self.norm == Norm.BATCH.value, "sync_bn applies to batch norm only"
         )
         need(not (self.sync_bn and self.ghost_batch), "sync_bn and ghost_batch do not combine")
-        need(
-            not self.rectified_residuals or self.norm == Norm.ANALYTIC.value,
-            "rectified_residuals applies to analytic norm only",
-        )
+        for name in ("rectified_residuals", "border_aware_convs"):
+            need(
+                not getattr(self, name) or self.norm == Norm.ANALYTIC.value,
+                f"{name} applies to analytic norm only",
+            )
         need(
             self.population_sync in ("all-reduce", "broadcast"),
             f"unknown population_sync {self.population_sync!r}; choose all-reduce or broadcast",

@@ -69,6 +69,7 @@ def convert(
     groups: int = DEFAULT_GROUPS,
     strict: bool = True,
     rectified_residuals: bool = False,
+    border_aware_convs: bool = False,
     **noise_options,
 ) -> nn.Module:
     """A copy of `model` in which every batch normalization (PyTorch's or stochnorm's) that
@@ -79,7 +80,8 @@ def convert(
     [N, C, H, W] (e.g. a few hundred training images): their measured per-channel moments,
     the first conv's output moments exact from their patch covariance, and the statistics
     set at once for their size; `rectified_residuals` chooses the rule of a ReLU after a
-    residual addition (`stochnorm.analytic.MomentPropagation`); `groups` is group norm's G.
+    residual addition and `border_aware_convs` whether the conv rule counts zero padding
+    (`stochnorm.analytic.MomentPropagation`); `groups` is group norm's G.
     `norm="none"` is `fold`.
     `noise` ("bn-like" or "bayes") adds noise after every new normalization, with
     `noise_options` passed to `stochnorm.bayes.add_noise`. The source's `eps` (and a batch
@@ -125,9 +127,11 @@ def convert(
         mean, var, patches = analytic.input_moments(new, inputs)
         size = tuple(inputs.shape[2:])
         analytic.attach(new, mean, var, channels=inputs.shape[1], size=size,
-                        input_patches=patches, rectified_residuals=rectified_residuals)  # fmt: skip
+                        input_patches=patches, rectified_residuals=rectified_residuals,
+                        border_aware_convs=border_aware_convs)  # fmt: skip
     elif norm is Norm.ANALYTIC:
-        analytic.attach(new, input_mean, input_var, rectified_residuals=rectified_residuals)
+        analytic.attach(new, input_mean, input_var, rectified_residuals=rectified_residuals,
+                        border_aware_convs=border_aware_convs)  # fmt: skip
     else:
         analytic.detach(new)
     if noise is not None:

@@ -185,6 +185,35 @@ def _grouped_outer(g: Tensor, x: Tensor, groups: int) -> Tensor:
     return per_group.view(g.numel(), -1)
 
 
+def conv_with_padding(
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor,
+    inside: Tensor,
+    pairs: Tensor,
+    bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`linear`'s conv rule with zero padding counted: the moments of the outputs pooled
+    over output positions, where a position near the border sums only the kernel taps that
+    fall inside the input. `inside` [K] is the fraction of output positions at which each
+    of the K = k1 * k2 ... taps reads the input, `pairs` [K, K] that at which two taps both
+    do. With the independence `linear` assumes, and p_o[k] = sum_c W[o,c,k] mean[c]:
+
+        mean_out[o] = p_o . inside + a[o]
+        var_out[o]  = sum_{c,k} W[o,c,k]^2 var[c] inside[k]          (within positions)
+                      + p_o^T pairs p_o - (p_o . inside)^2            (between positions)
+
+    `linear` is the case of every tap inside (inside = 1, pairs = 1)."""
+    groups = mean.numel() // weight.shape[1]
+    w = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], -1)
+    per_tap = torch.einsum("gock,gc->gok", w, mean.view(groups, -1)).flatten(0, 1)
+    spread = torch.einsum("gock,gc->gok", w * w, var.view(groups, -1)).flatten(0, 1)
+    centre = per_tap @ inside
+    between = ((per_tap @ pairs) * per_tap).sum(1) - centre * centre
+    mean_out = centre if bias is None else centre + bias
+    return mean_out, (spread @ inside + between).clamp_min(0.0)
+
+
 def linear_from_patches(
     patch_mean: Tensor, patch_cov: Tensor, weight: Tensor, bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -362,3 +391,40 @@ def residual_relu(
     # the law of total variance over the mixture of the slices: no cancellation
     spread = inner_var + (inner_mean - mean[..., None]).square()
     return mean, below * (zero_var + (zero_mean - mean).square()) + (spread * share).sum(-1)
+
+
+def gaussian_max(correlation: Tensor, count: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and variance of max(u_1, ..., u_n) for standard Gaussians u [..., k] with
+    `correlation` [..., k, k], where n = `count` [...] (the first n of the k take part; all k
+    when None): the max-pool rule, in units of the pooled values' shared sd about their
+    shared mean.
+
+    Clark's (1961) recursion: the max of two jointly Gaussian values has closed-form mean and
+    variance, and the running max is taken as Gaussian, with its correlation to every later
+    value in closed form, before the next value enters. Exact for n <= 2; for more it is an
+    approximation (measured in the tests against Monte-Carlo). Full correlation gives (0, 1),
+    the papers' rule (the max of equal values). Differentiable; k is a static loop."""
+    k = correlation.shape[-1]
+    tiny = torch.finfo(correlation.dtype).tiny
+    mean = torch.zeros_like(correlation[..., 0, 0])
+    var = torch.ones_like(mean)
+    towards = correlation[..., 0, :]  # corr(running max, u_l)
+    for j in range(1, k):
+        sd = var.sqrt()
+        spread = (var + 1 - 2 * sd * towards[..., j]).clamp_min(tiny).sqrt()  # sd of max - u_j
+        alpha = mean / spread
+        cdf = 0.5 * torch.erfc(-alpha * _INV_SQRT2)
+        density = _INV_SQRT_2PI * torch.exp(-0.5 * alpha * alpha)
+        new_mean = mean * cdf + spread * density
+        square = (mean * mean + var) * cdf + (1 - cdf) + mean * spread * density
+        new_var = (square - new_mean * new_mean).clamp_min(tiny)
+        new_towards = (sd[..., None] * towards * cdf[..., None]
+                       + correlation[..., j, :] * (1 - cdf[..., None])) / new_var.sqrt()[..., None]  # fmt: skip
+        if count is None:
+            mean, var, towards = new_mean, new_var, new_towards
+        else:
+            takes_part = j < count
+            mean = torch.where(takes_part, new_mean, mean)
+            var = torch.where(takes_part, new_var, var)
+            towards = torch.where(takes_part[..., None], new_towards, towards)
+    return mean, var

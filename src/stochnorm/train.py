@@ -93,6 +93,7 @@ def make_model(cfg: TrainConfig, data: datasets.Splits) -> nn.Module:
     propagation = analytic.propagation_of(model)
     if propagation is not None:  # kept by a model loaded from its state dict too
         propagation.rectified_residuals = cfg.rectified_residuals
+        propagation.border_aware_convs = cfg.border_aware_convs
     for layer in normalizations(model):
         if isinstance(layer, PopulationNorm):
             layer.gradient = cfg.population_gradient
@@ -137,7 +138,8 @@ def attach_analytic(model: nn.Module, cfg: TrainConfig, data: datasets.Splits) -
     first layer's patch covariance when `exact_first_layer`) and set its statistics."""
     mean, var, patches, size = measured_input_moments(model, cfg, data)
     analytic.attach(model, mean, var, channels=data.in_channels, size=size, input_patches=patches,
-                    rectified_residuals=cfg.rectified_residuals)  # fmt: skip
+                    rectified_residuals=cfg.rectified_residuals,
+                    border_aware_convs=cfg.border_aware_convs)  # fmt: skip
 
 
 def measured_input_moments(
