@@ -458,10 +458,10 @@ def test_patch_cross_covariances_give_the_conv_outputs_covariance_between_positi
 def test_max_pool_window_types_count_the_values_inside_the_map(size):
     """The shares of the border window types give the mean number of values a window holds,
     as counting with an average pool over a map of ones does."""
-    from stochnorm.analytic import _window_types
+    from stochnorm.plan import window_types
 
     pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
-    types, shares = _window_types(size, pool)
+    types, shares = window_types(size, pool)
     assert sum(shares) == pytest.approx(1.0)
     counted = torch.nn.functional.avg_pool2d(torch.ones(1, 1, *size), 3, 2, 1,
                                              count_include_pad=False, divisor_override=1)  # fmt: skip
@@ -505,7 +505,7 @@ def test_border_aware_convs_count_zero_padding_in_the_propagation(padding):
     taps inside the map (padding="same" read as its zero padding), without it `linear`;
     the two agree where nothing is padded."""
     from stochnorm import moments
-    from stochnorm.analytic import _taps_inside
+    from stochnorm.plan import taps_inside
 
     model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(2, 3, 3, padding=padding))
     conv, found = model[1], {}
@@ -516,7 +516,7 @@ def test_border_aware_convs_count_zero_padding_in_the_propagation(padding):
             found[aware] = propagation.propagate(model, 2, (5, 6))[list(propagation.plan)[-1].name]
     relu = moments.relu(torch.tensor([0.5, -1.0]), torch.tensor([1.0, 2.0]))
     with torch.no_grad():
-        inside, pairs = (torch.tensor(t) for t in _taps_inside((5, 6), conv))
+        inside, pairs = (torch.tensor(t) for t in taps_inside((5, 6), conv))
         expected = moments.conv_with_padding(*relu, conv.weight, inside, pairs, conv.bias)
         plain = moments.linear(*relu, conv.weight, conv.bias)
     torch.testing.assert_close(found[True][:2], plain if padding == "valid" else expected)

@@ -443,9 +443,9 @@ def test_gaussian_max_gradient_against_finite_differences():
 
 
 def _taps(conv, size):
-    from stochnorm.analytic import _taps_inside
+    from stochnorm.plan import taps_inside
 
-    return (torch.tensor(t, dtype=torch.float64) for t in _taps_inside(size, conv))
+    return (torch.tensor(t, dtype=torch.float64) for t in taps_inside(size, conv))
 
 
 def test_conv_with_padding_against_monte_carlo():

@@ -10,19 +10,36 @@ independent of the batch.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import moments
 from .norms import AnalyticNorm, _Normalization
+from .plan import (
+    ADD,
+    Ref,
+    Step,
+    Tracer,
+    canonical_offset,
+    conv_padding,
+    first_ref,
+    max_pool_offsets,
+    max_pool_sources,
+    pair,
+    rectified_steps,
+    symbolic_tracing,
+    taps_inside,
+    trace_plan,
+    window_offsets,
+    window_out,
+    window_types,
+)  # fmt: skip
 
 State = tuple[Tensor, Tensor, tuple[int, ...]]  # mean [C], var [C], spatial size
 
@@ -38,12 +55,6 @@ ELEMENTWISE_FUNCTIONS = (
 )  # fmt: skip
 ELEMENTWISE_METHODS = ("sigmoid", "tanh")
 MULTIPLY = (operator.mul, operator.imul, torch.mul)
-ADD = (operator.add, operator.iadd, torch.add)
-# steps whose output is their input's values, or a selection of them (max pooling): a
-# rectified (nonnegative) input stays rectified
-SELECTING_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Identity, nn.Dropout, nn.Dropout2d,
-)  # fmt: skip
 CONCATENATE = (torch.cat, torch.concat)
 SUPPORTED = (
     "conv (also transposed), linear, ReLU, leaky ReLU, elementwise activations (SiLU, GELU, "
@@ -52,237 +63,6 @@ SUPPORTED = (
     "residual addition, products of branches (gating), channel concatenation, flatten and "
     "normalizations"
 )
-
-
-class _Tracer(fx.Tracer):
-    """Traces a model with every normalization as one node: stochnorm's, torch's batch
-    norms, and any module that declares itself a batch norm by subclassing it (e.g. timm's
-    BatchNormAct2d, a batch norm fused with its activation)."""
-
-    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
-        if isinstance(module, _Normalization | nn.modules.batchnorm._BatchNorm):
-            return True
-        return super().is_leaf_module(module, qualname)
-
-
-def _symbolic_tracing() -> bool:
-    """Whether torch.fx is tracing (newer torch names the check without a warning)."""
-    check = getattr(fx._symbolic_trace, "is_fx_symbolic_tracing", fx._symbolic_trace.is_fx_tracing)
-    return check()
-
-
-def _pair(value: Any, n: int) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, Sequence) else (value,) * n
-
-
-def _window_out(size, kernel, stride, padding, dilation=1, ceil_mode=False) -> tuple[int, ...]:
-    n = len(size)
-    kernel, stride = _pair(kernel, n), _pair(stride if stride else kernel, n)
-    padding, dilation = _pair(padding, n), _pair(dilation, n)
-    out = []
-    for s, k, st, p, d in zip(size, kernel, stride, padding, dilation, strict=True):
-        span = s + 2 * p - d * (k - 1) - 1
-        out.append((-(-span // st) if ceil_mode else span // st) + 1)
-    return tuple(out)
-
-
-def _conv_padding(module: nn.Module) -> tuple[int, ...]:
-    """A conv's zero padding per spatial dim (also for padding="same" / "valid")."""
-    n = module.weight.ndim - 2
-    if module.padding == "valid":
-        return (0,) * n
-    if module.padding == "same":
-        return tuple(d * (k - 1) // 2 for k, d in zip(_pair(module.kernel_size, n),
-                                                      _pair(module.dilation, n), strict=True))  # fmt: skip
-    return _pair(module.padding, n)
-
-
-def _taps_inside(size, module: nn.Module) -> tuple[list[float], list[list[float]]]:
-    """For a conv with zero padding on a map of `size`: the fraction of output positions at
-    which each kernel tap reads inside the map [K], and at which two taps both do [K, K]
-    (taps in the order of `weight.flatten(2)`)."""
-    n = len(size)
-    return _taps_inside_of(tuple(size), _pair(module.kernel_size, n), _pair(module.stride, n),
-                           _conv_padding(module), _pair(module.dilation, n))  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1024)
-def _taps_inside_of(size, kernel, stride, padding, dilation):
-    # the output positions form a grid and a tap reads inside when it does in every dim: the
-    # fractions are products over the dims (Kronecker products of the per-dim fractions)
-    inside, pairs = [1.0], [[1.0]]
-    out = _window_out(size, kernel, stride, padding, dilation)
-    for m, k, st, p, d, o in zip(size, kernel, stride, padding, dilation, out, strict=True):
-        reads = [[0 <= i * st - p + tap * d < m for tap in range(k)] for i in range(o)]
-        dim_inside = [sum(r[t] for r in reads) / o for t in range(k)]
-        dim_pairs = [[sum(r[t] and r[u] for r in reads) / o for u in range(k)] for t in range(k)]
-        inside = [a * b for a in inside for b in dim_inside]
-        pairs = [[a * b for a in row for b in dim_row] for row in pairs for dim_row in dim_pairs]
-    return inside, pairs
-
-
-class _Ref(NamedTuple):
-    """An argument of a step that is the result of the step at `index` of the plan."""
-
-    index: int
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One node of the traced graph as plain data (torch.fx's graph is not something
-    torch.compile traces through): what it calls, with earlier results as `_Ref`s."""
-
-    name: str
-    op: str  # "placeholder", "call_module", "call_function", "call_method", "get_attr"
-    target: Any
-    args: tuple
-    kwargs: dict
-    reads_input: bool  # its first argument is the model's input itself
-
-
-def _is_relu(model: nn.Module, step: _Step) -> bool:
-    if step.op == "call_module":
-        return isinstance(model.get_submodule(step.target), nn.ReLU)
-    if step.op == "call_function":
-        return step.target in (F.relu, torch.relu)
-    return step.op == "call_method" and step.target in ("relu", "relu_")
-
-
-def _selects(model: nn.Module, step: _Step) -> bool:
-    """Whether `step` outputs (a selection of) its input's values unchanged."""
-    if step.op == "call_module":
-        return isinstance(model.get_submodule(step.target), SELECTING_MODULES)
-    return step.op == "call_method" and step.target in ("contiguous", "clone")
-
-
-def _first_ref(step: _Step) -> int | None:
-    return step.args[0].index if step.args and isinstance(step.args[0], _Ref) else None
-
-
-def _rectified_steps(model: nn.Module, plan: Sequence[_Step]) -> tuple[frozenset, dict]:
-    """Where the plan's values are ReLU outputs, found from the graph alone: the names of
-    the ReLUs whose input is already rectified (relu(relu(a)) = relu(a)) and, for each ReLU
-    after a residual addition of a rectified value and another branch, the plan indices of
-    the two terms, (rectified, other) (`moments.residual_relu`)."""
-    rectified: set[int] = set()
-    again: set[str] = set()
-    residual: dict[str, tuple[int, int]] = {}
-    for i, step in enumerate(plan):
-        first = _first_ref(step)
-        if first is None:
-            continue
-        if _is_relu(model, step):
-            producer = plan[first]
-            terms = [a.index for a in producer.args if isinstance(a, _Ref)]
-            if first in rectified:
-                again.add(step.name)
-            elif producer.op == "call_function" and producer.target in ADD and len(terms) == 2:
-                skip = [t for t in terms if t in rectified]
-                if len(skip) == 1:
-                    residual[step.name] = (skip[0], next(t for t in terms if t != skip[0]))
-            rectified.add(i)
-        elif first in rectified and _selects(model, step):
-            rectified.add(i)
-    return frozenset(again), residual
-
-
-class _PoolSource(NamedTuple):
-    """Where a max-pool's input comes from: the plan indices of the first-layer conv, and
-    of the value before the ReLU (the conv's output through per-channel normalizations),
-    and whether a ReLU lies in between."""
-
-    conv: int
-    before_relu: int
-    relu: bool
-
-
-def _max_pool_sources(model: nn.Module, plan: Sequence[_Step]) -> dict[str, _PoolSource]:
-    """The 2d max-pools whose input is the model's first conv (reading the input) through
-    per-channel normalizations, at most one ReLU and identities, by step name: the pools
-    whose input's spatial correlation the first layer's patch cross-covariances give."""
-    found = {}
-    for step in plan:
-        if step.op != "call_module" or not isinstance(model.get_submodule(step.target),
-                                                      nn.MaxPool2d):  # fmt: skip
-            continue
-        index = before = _first_ref(step)
-        relu = normalized = False
-        while index is not None:
-            source = plan[index]
-            module = model.get_submodule(source.target) if source.op == "call_module" else None
-            if isinstance(module, nn.Conv2d) and source.reads_input:
-                found[step.name] = _PoolSource(index, before, relu)
-                break
-            if _is_relu(model, source) and not (relu or normalized):
-                relu, before = True, _first_ref(source)
-            elif isinstance(module, _Normalization | nn.modules.batchnorm._BatchNorm):
-                normalized = True  # per channel: keeps the correlation between positions
-            elif not isinstance(module, nn.Identity | nn.Dropout | nn.Dropout2d):
-                break
-            index = _first_ref(source)
-    return found
-
-
-def _window_offsets(pool: nn.MaxPool2d) -> list[tuple[int, int]]:
-    """The positions of a max-pool's window elements, row by row, in its input's grid."""
-    (kh, kw), (dh, dw) = _pair(pool.kernel_size, 2), _pair(pool.dilation, 2)
-    return [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
-
-
-def _canonical(dy: int, dx: int) -> tuple[int, int]:
-    """One of the offsets +-(dy, dx), whose cross-covariances are each other's transpose."""
-    return (dy, dx) if (dy, dx) > (0, 0) else (-dy, -dx)
-
-
-def max_pool_offsets(model: nn.Module) -> list[tuple[int, int]]:
-    """The nonzero offsets (in the first conv's output grid, one of each +- pair, sorted)
-    between the window elements of the max-pools that `_max_pool_sources` finds: the
-    offsets at which `patch_moments` measures the patches' cross-covariance."""
-    plan = _plan(_Tracer().trace(model))
-    offsets = set()
-    for name in _max_pool_sources(model, plan):
-        pool = model.get_submodule(next(s.target for s in plan if s.name == name))
-        window = _window_offsets(pool)
-        offsets |= {_canonical(b[0] - a[0], b[1] - a[1]) for a in window for b in window if a != b}
-    return sorted(offsets)
-
-
-def _window_types(size, pool: nn.MaxPool2d) -> tuple[list[list[int]], list[float]]:
-    """For a 2d max-pool on a map of `size`: the distinct sets of window elements (indices
-    into `_window_offsets`) that fall inside the map, with the fraction of output positions
-    whose window has each (padding is never the max)."""
-    per_dim = []
-    kernel, stride = _pair(pool.kernel_size, 2), _pair(pool.stride or pool.kernel_size, 2)
-    padding, dilation = _pair(pool.padding, 2), _pair(pool.dilation, 2)
-    out = _window_out(size, kernel, stride, padding, dilation, pool.ceil_mode)
-    for n, k, st, p, d, o in zip(size, kernel, stride, padding, dilation, out, strict=True):
-        inside: dict[tuple[int, ...], int] = {}
-        for position in range(o):
-            key = tuple(i for i in range(k) if 0 <= position * st - p + i * d < n)
-            inside[key] = inside.get(key, 0) + 1
-        per_dim.append(inside)
-    (rows, columns), width = per_dim, kernel[1]
-    types = [[i * width + j for i in r for j in c] for r in rows for c in columns]
-    shares = [a * b / (out[0] * out[1]) for a in rows.values() for b in columns.values()]
-    return types, shares
-
-
-def _plan(graph: fx.Graph) -> tuple[_Step, ...]:
-    """The nodes of `graph` up to its output, in order, as `_Step`s."""
-    index: dict[fx.Node, int] = {}
-    steps = []
-    for node in graph.nodes:
-        if node.op == "output":
-            break
-        index[node] = len(steps)
-        source = node.args[0] if node.args else None
-        steps.append(_Step(
-            node.name, node.op, node.target,
-            fx.node.map_arg(node.args, lambda n: _Ref(index[n])),
-            fx.node.map_arg(node.kwargs, lambda n: _Ref(index[n])),
-            isinstance(source, fx.Node) and source.op == "placeholder",
-        ))  # fmt: skip
-    return tuple(steps)
 
 
 class MomentPropagation(nn.Module):
@@ -333,12 +113,12 @@ class MomentPropagation(nn.Module):
     ) -> None:
         super().__init__()
         moments.average_pool(torch.zeros(1), torch.ones(1), 1, pool_correlation)  # validates
-        self.plan = _plan(_Tracer().trace(model))
+        self.plan = trace_plan(Tracer().trace(model))
         self.pool_correlation = pool_correlation
         self.rectified_residuals = rectified_residuals
         self.border_aware_convs = border_aware_convs
-        self._relu_of_rectified, self._residual_relus = _rectified_steps(model, self.plan)
-        self._max_pools = _max_pool_sources(model, self.plan)
+        self._relu_of_rectified, self._residual_relus = rectified_steps(model, self.plan)
+        self._max_pools = max_pool_sources(model, self.plan)
         self._offsets = max_pool_offsets(model) if self._max_pools else []
         self.register_buffer("input_mean", torch.zeros(1))
         self.register_buffer("input_var", torch.ones(1))
@@ -399,7 +179,7 @@ class MomentPropagation(nn.Module):
     def before_forward(self, model: nn.Module, args: tuple) -> None:
         """The forward pre-hook of `model`: propagate in training mode (not while torch.fx
         traces the model, when the inputs are proxies)."""
-        if model.training and not _symbolic_tracing():
+        if model.training and not symbolic_tracing():
             x = args[0]
             self.propagate(model, channels=x.shape[1], size=tuple(x.shape[2:]))
 
@@ -436,7 +216,7 @@ class MomentPropagation(nn.Module):
                 env.append(self._rule(model, step, env))
         return {step.name: state for step, state in zip(self.plan, env, strict=True)}
 
-    def execute(self, model: nn.Module, x: Tensor) -> Iterator[tuple[_Step, Any]]:
+    def execute(self, model: nn.Module, x: Tensor) -> Iterator[tuple[Step, Any]]:
         """Run `model` on `x` step by step along the plan, each module as it is (e.g. in eval
         mode), yielding every step with its output as soon as it is computed (a later
         in-place operation may change it): the quantities whose moments the rules estimate,
@@ -475,8 +255,8 @@ class MomentPropagation(nn.Module):
                 found.append(self._rule(model, step, list(given)))
         return found
 
-    def _rule(self, model: nn.Module, node: _Step, env: list) -> State | None:
-        inputs = [env[a.index] if isinstance(a, _Ref) else a for a in node.args]
+    def _rule(self, model: nn.Module, node: Step, env: list) -> State | None:
+        inputs = [env[a.index] if isinstance(a, Ref) else a for a in node.args]
         first = inputs[0] if inputs else None
         if self.rectified_residuals and first is not None:
             if node.name in self._relu_of_rectified:
@@ -500,7 +280,7 @@ class MomentPropagation(nn.Module):
             return self._module_rule(module, first, node)
         if node.op == "call_function":
             target = node.target
-            if target in (operator.add, operator.iadd, torch.add):
+            if target in ADD:
                 states = [s for s in inputs if s is not None and isinstance(s, tuple)]
                 if len(states) != 2:
                     return None
@@ -514,7 +294,7 @@ class MomentPropagation(nn.Module):
                 slope = node.kwargs.get("negative_slope", inputs[1] if len(inputs) > 1 else 0.01)
                 return (*moments.leaky_relu(first[0], first[1], slope), first[2])
             if target in ELEMENTWISE_FUNCTIONS and first is not None:
-                rest = [a for a in node.args[1:] if not isinstance(a, _Ref)]
+                rest = [a for a in node.args[1:] if not isinstance(a, Ref)]
                 return (
                     *moments.elementwise(
                         first[0], first[1], lambda x: target(x, *rest, **node.kwargs)
@@ -544,7 +324,7 @@ class MomentPropagation(nn.Module):
                 return self._spatial_mean(node, first)
         return None
 
-    def _spatial_mean(self, node: _Step, state: State) -> State | None:
+    def _spatial_mean(self, node: Step, state: State) -> State | None:
         """`x.mean(dims, keepdim)` over all spatial dims (global average pooling, as in
         squeeze-excite): the pooling rule over the whole map."""
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
@@ -565,13 +345,13 @@ class MomentPropagation(nn.Module):
         mean, var = moments.linear_from_patches(patch_mean, patch_cov, module.weight, module.bias)
         if isinstance(module, nn.Linear):
             return mean, var, ()
-        out = _window_out(
+        out = window_out(
             state[2], module.kernel_size, module.stride, module.padding, module.dilation
         )
         return mean, var, out
 
-    def _max_pool_rule(self, model: nn.Module, node: _Step, env: list) -> State | None:
-        """A max-pool after the first conv (`_max_pool_sources`): the max of the window's
+    def _max_pool_rule(self, model: nn.Module, node: Step, env: list) -> State | None:
+        """A max-pool after the first conv (`max_pool_sources`): the max of the window's
         pre-activations, jointly Gaussian with their correlation between positions from the
         conv's weights and the input patches' cross-covariances (`moments.gaussian_max`),
         then the ReLU's rule (it commutes with the max); border windows, which hold fewer
@@ -579,7 +359,7 @@ class MomentPropagation(nn.Module):
         are per channel and keep the correlation (their noise, shared by a channel's
         positions, is taken as independent between positions)."""
         source = self._max_pools[node.name]
-        before, given = env[source.before_relu], env[_first_ref(node)]
+        before, given = env[source.before_relu], env[first_ref(node)]
         if before is None:
             return None
         conv, pool = (
@@ -590,12 +370,12 @@ class MomentPropagation(nn.Module):
         cov, cross = self.patch_cov.to(w), self.patch_cross.to(w)
         var_out = ((w @ cov) * w).sum(1).clamp_min(torch.finfo(w.dtype).tiny)
         along = (torch.einsum("od,nde,oe->no", w, cross, w) / var_out).clamp(-1, 1)
-        window = _window_offsets(pool)
+        window = window_offsets(pool)
         where = {offset: i + 1 for i, offset in enumerate(self._offsets)}
-        index = [[0 if a == b else where[_canonical(b[0] - a[0], b[1] - a[1])]
+        index = [[0 if a == b else where[canonical_offset(b[0] - a[0], b[1] - a[1])]
                   for b in window] for a in window]  # fmt: skip
         correlation = torch.cat([torch.ones_like(along[:1]), along])[torch.tensor(index)]
-        types, shares = _window_types(given[2], pool)
+        types, shares = window_types(given[2], pool)
         order = torch.tensor([t + [i for i in range(len(window)) if i not in t] for t in types])
         per_type = correlation.permute(2, 0, 1)[:, order[:, :, None], order[:, None, :]]
         count = torch.tensor([len(t) for t in types], device=w.device)
@@ -607,10 +387,10 @@ class MomentPropagation(nn.Module):
         share = torch.tensor(shares).to(mean)
         pooled = (mean * share).sum(-1)
         spread = ((var + (mean - pooled[:, None]).square()) * share).sum(-1)
-        return pooled, spread, _window_out(given[2], pool.kernel_size, pool.stride,
+        return pooled, spread, window_out(given[2], pool.kernel_size, pool.stride,
                                            pool.padding, pool.dilation, pool.ceil_mode)  # fmt: skip
 
-    def _module_rule(self, module: nn.Module, state: State | None, node: _Step) -> State | None:
+    def _module_rule(self, module: nn.Module, state: State | None, node: Step) -> State | None:
         if state is None:
             if isinstance(module, AnalyticNorm):
                 raise RuntimeError(
@@ -620,10 +400,10 @@ class MomentPropagation(nn.Module):
             return None
         mean, var, size = state
         if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            padding = _conv_padding(module)
-            out = _window_out(size, module.kernel_size, module.stride, padding, module.dilation)
+            padding = conv_padding(module)
+            out = window_out(size, module.kernel_size, module.stride, padding, module.dilation)
             if self.border_aware_convs and any(padding) and module.padding_mode == "zeros":
-                inside, pairs = (torch.tensor(t).to(mean) for t in _taps_inside(size, module))
+                inside, pairs = (torch.tensor(t).to(mean) for t in taps_inside(size, module))
                 found = moments.conv_with_padding(mean, var, module.weight, inside, pairs,
                                                   module.bias)  # fmt: skip
                 return (*found, out)
@@ -653,18 +433,18 @@ class MomentPropagation(nn.Module):
         if isinstance(module, nn.ReLU):
             return (*moments.relu(mean, var), size)
         if isinstance(module, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d):
-            kernel = _pair(module.kernel_size, len(size))
-            out = _window_out(size, kernel, module.stride, module.padding, 1, module.ceil_mode)
+            kernel = pair(module.kernel_size, len(size))
+            out = window_out(size, kernel, module.stride, module.padding, 1, module.ceil_mode)
             window = math.prod(kernel)
             return (*moments.average_pool(mean, var, window, self.pool_correlation), out)
         if isinstance(module, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d):
-            target = _pair(module.output_size, len(size))
+            target = pair(module.output_size, len(size))
             out = tuple(s if t is None else t for s, t in zip(size, target, strict=True))
             window = max(1, math.prod(size) // max(1, math.prod(out)))
             return (*moments.average_pool(mean, var, window, self.pool_correlation), out)
         if isinstance(module, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d):
             # under full correlation the maximum of equal values is that value
-            out = _window_out(
+            out = window_out(
                 size, module.kernel_size, module.stride, module.padding, module.dilation,
                 module.ceil_mode,
             )  # fmt: skip
@@ -677,8 +457,8 @@ class MomentPropagation(nn.Module):
 
 
 def _resolve(args: Any, values: list) -> Any:
-    """`args` of a step with every `_Ref` replaced by the value it refers to."""
-    if isinstance(args, _Ref):
+    """`args` of a step with every `Ref` replaced by the value it refers to."""
+    if isinstance(args, Ref):
         return values[args.index]
     if isinstance(args, tuple | list):
         return type(args)(_resolve(a, values) for a in args)
@@ -704,12 +484,12 @@ def _product(inputs: Sequence[Any]) -> State | None:
     return None
 
 
-def _concatenate(node: _Step, env: list) -> State | None:
+def _concatenate(node: Step, env: list) -> State | None:
     """Branches concatenated along the channels (dim 1): their channel moments side by
     side (the spatial sizes must agree)."""
     parts = node.args[0] if node.args else node.kwargs.get("tensors", ())
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-    states = [env[p.index] if isinstance(p, _Ref) else None for p in parts]
+    states = [env[p.index] if isinstance(p, Ref) else None for p in parts]
     if dim != 1 or any(s is None for s in states) or len({s[2] for s in states}) != 1:
         return None
     return torch.cat([s[0] for s in states]), torch.cat([s[1] for s in states]), states[0][2]
@@ -722,8 +502,8 @@ def _resized(size: tuple[int, ...], kwargs: dict, args: Sequence[Any]) -> tuple[
     target = kwargs.get("size", args[0] if args else None)
     factor = kwargs.get("scale_factor", args[1] if len(args) > 1 else None)
     if target is not None:
-        return _pair(target, len(size))
-    return tuple(int(s * f) for s, f in zip(size, _pair(factor, len(size)), strict=True))
+        return pair(target, len(size))
+    return tuple(int(s * f) for s, f in zip(size, pair(factor, len(size)), strict=True))
 
 
 def _transposed_conv(module: nn.Module, mean: Tensor, var: Tensor, size) -> State:
@@ -733,7 +513,7 @@ def _transposed_conv(module: nn.Module, mean: Tensor, var: Tensor, size) -> Stat
     weight = module.weight.transpose(0, 1)  # [C_in, C_out/groups, k...] -> conv layout
     if module.groups != 1:
         raise RuntimeError("analytic normalization: grouped transposed convs have no rule yet")
-    share = 1.0 / math.prod(_pair(module.stride, weight.ndim - 2))
+    share = 1.0 / math.prod(pair(module.stride, weight.ndim - 2))
     mean_out, var_out = moments.linear(mean, var, weight)
     mean_out, var_out = share * mean_out, share * var_out
     if module.bias is not None:
@@ -741,9 +521,9 @@ def _transposed_conv(module: nn.Module, mean: Tensor, var: Tensor, size) -> Stat
     out = tuple(
         (n - 1) * s - 2 * p + d * (k - 1) + op + 1
         for n, s, p, d, k, op in zip(
-            size, _pair(module.stride, len(size)), _pair(module.padding, len(size)),
-            _pair(module.dilation, len(size)), _pair(module.kernel_size, len(size)),
-            _pair(module.output_padding, len(size)), strict=True,
+            size, pair(module.stride, len(size)), pair(module.padding, len(size)),
+            pair(module.dilation, len(size)), pair(module.kernel_size, len(size)),
+            pair(module.output_padding, len(size)), strict=True,
         )
     )  # fmt: skip
     return mean_out, var_out, out
@@ -767,7 +547,7 @@ def patch_moments(
     cov = centred.T @ centred / len(flat)
     if not offsets:
         return mean.float(), cov.float()
-    rows, columns = _window_out(x.shape[2:], conv.kernel_size, conv.stride, conv.padding,
+    rows, columns = window_out(x.shape[2:], conv.kernel_size, conv.stride, conv.padding,
                                 conv.dilation)  # fmt: skip
     grid = (patches - mean[:, None]).view(len(x), -1, rows, columns).transpose(0, 1)
     cross = []
@@ -784,7 +564,7 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
     """(name, module) of the conv/linear layer that reads the model's input directly (the
     layer whose patch moments `patch_moments` measures), or None when the first operation on
     the input is something else."""
-    for step in _plan(_Tracer().trace(model)):
+    for step in trace_plan(Tracer().trace(model)):
         if step.op == "call_module" and step.reads_input:
             module = model.get_submodule(step.target)
             if isinstance(module, FIRST_LAYERS):

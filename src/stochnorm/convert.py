@@ -27,6 +27,7 @@ from .norms import (
     output_rows,
     set_output_rows,
 )
+from .plan import Tracer
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, _Normalization)
 
@@ -39,7 +40,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 def _layer_norm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(layer name, norm name) for every normalization whose input is the output of a
     conv/linear layer used nowhere else, found by tracing the model's graph."""
-    graph = analytic._Tracer().trace(model)
+    graph = Tracer().trace(model)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module":
