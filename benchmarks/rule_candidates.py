@@ -12,7 +12,7 @@ zoo model at initialization, sigma_est / sigma_true of the layer's output on rea
   and another branch gets the moments of relu(relu(a) + b) (`moments.residual_relu`).
 - "max-pool rule": the library's rule for a max-pool after the exact first conv (its
   default whenever the first layer is exact): the max of the window's correlated
-  pre-activations (`moments.gaussian_max`), the correlation from the conv's weights and
+  pre-activations (`moments.exchangeable_max`), the correlation from the conv's weights and
   the input patches' cross-covariances.
 - "max-pool measured", an oracle: the max-pool's output moments measured on the images,
   the best any max-pool rule could do.

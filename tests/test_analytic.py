@@ -411,10 +411,10 @@ def test_a_max_pool_after_the_exact_first_layer_against_the_truth(relu):
     """On Gaussian images (3,000 of 15x15: odd, so border windows of 4 and 6 values
     appear) the max-pool's propagated moments, whose correlation comes from the patches'
     cross-covariances, against the max-pool output measured: the mean within 0.1 sd and the
-    sd within 12% (measured: 0.03-0.05 sd, 1-10%). What remains is Clark's approximation, at its weakest for the weak and
-    partly negative correlations of a random 5x5 filter (measured on these correlations
-    alone: the mean 0.03-0.05 sd high, the variance 4-8% low), and the max taken as
-    Gaussian before the ReLU (the 10%: a channel whose ReLU cuts near the max's mean);
+    sd within 12% (measured: 0.04-0.05 sd, up to 9%). What remains: the window's
+    correlations replaced by their mean (`moments.exchangeable_max`), the max taken as
+    Gaussian before the ReLU (the 9%: a channel whose ReLU cuts near the max's mean), and
+    the conv output's variance, lower at the border, pooled over positions;
     the papers' rule (the input's moments) is off by more than
     0.25 sd in the mean and 20% in the sd."""
     torch.manual_seed(0)

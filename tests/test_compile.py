@@ -81,7 +81,7 @@ def test_compiled_training_run_matches_the_eager_run(tiny_fashion, monkeypatch):
 
 def test_the_max_pool_rule_compiles_into_one_graph_and_matches_eager():
     """The stem of a resnet with its max-pool after the exact first layer (the correlated
-    max of `moments.gaussian_max`, its window types built in Python): one graph, the eager
+    max of `moments.exchangeable_max`, its window types built in Python): one graph, the eager
     gradients."""
     from stochnorm import convert
 

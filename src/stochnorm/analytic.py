@@ -352,34 +352,27 @@ class MomentPropagation(nn.Module):
 
     def _max_pool_rule(self, model: nn.Module, node: Step, env: list) -> State | None:
         """A max-pool after the first conv (`max_pool_sources`): the max of the window's
-        pre-activations, jointly Gaussian with their correlation between positions from the
-        conv's weights and the input patches' cross-covariances (`moments.gaussian_max`),
-        then the ReLU's rule (it commutes with the max); border windows, which hold fewer
-        values, are mixed in by their share of positions. The normalizations in between
-        are per channel and keep the correlation (their noise, shared by a channel's
-        positions, is taken as independent between positions)."""
+        pre-activations, jointly Gaussian with the mean of their correlations between
+        positions, which come from the conv's weights and the input patches'
+        cross-covariances (`moments.exchangeable_max`), then the ReLU's rule (it commutes
+        with the max); border windows, which hold fewer values, are mixed in by their share
+        of positions. The normalizations in between are per channel and keep the
+        correlation (their noise, shared by a channel's positions, is taken as independent
+        between positions)."""
         source = self._max_pools[node.name]
         before, given = env[source.before_relu], env[first_ref(node)]
         if before is None:
             return None
-        conv, pool = (
-            model.get_submodule(self.plan[source.conv].target),
-            model.get_submodule(node.target),
-        )
+        conv = model.get_submodule(self.plan[source.conv].target)
+        pool = model.get_submodule(node.target)
         w = conv.weight.flatten(1)
         cov, cross = self.patch_cov.to(w), self.patch_cross.to(w)
         var_out = ((w @ cov) * w).sum(1).clamp_min(torch.finfo(w.dtype).tiny)
-        along = (torch.einsum("od,nde,oe->no", w, cross, w) / var_out).clamp(-1, 1)
-        window = window_offsets(pool)
-        where = {offset: i + 1 for i, offset in enumerate(self._offsets)}
-        index = [[0 if a == b else where[canonical_offset(b[0] - a[0], b[1] - a[1])]
-                  for b in window] for a in window]  # fmt: skip
-        correlation = torch.cat([torch.ones_like(along[:1]), along])[torch.tensor(index)]
+        along = ((w @ cross) * w).sum(-1) / var_out  # [offsets, C]
         types, shares = window_types(given[2], pool)
-        order = torch.tensor([t + [i for i in range(len(window)) if i not in t] for t in types])
-        per_type = correlation.permute(2, 0, 1)[:, order[:, :, None], order[:, None, :]]
-        count = torch.tensor([len(t) for t in types], device=w.device)
-        peak_mean, peak_var = moments.gaussian_max(per_type, count)  # [C, types]
+        peak_mean, peak_var = moments.exchangeable_max(
+            (self._pair_shares(pool, types).to(w) @ along).T, [len(t) for t in types]
+        )  # [C, types]
         mean = before[0][:, None] + before[1].sqrt()[:, None] * peak_mean
         var = before[1][:, None] * peak_var
         if source.relu:
@@ -389,6 +382,21 @@ class MomentPropagation(nn.Module):
         spread = ((var + (mean - pooled[:, None]).square()) * share).sum(-1)
         return pooled, spread, window_out(given[2], pool.kernel_size, pool.stride,
                                            pool.padding, pool.dilation, pool.ceil_mode)  # fmt: skip
+
+    def _pair_shares(self, pool: nn.Module, types: list[list[int]]) -> Tensor:
+        """[types, offsets]: for each window type the share of its ordered pairs of values
+        that lie at each offset (the weights of their mean correlation)."""
+        window, where = window_offsets(pool), {o: i for i, o in enumerate(self._offsets)}
+        shares = [[0.0] * len(self._offsets) for _ in types]
+        for row, members in zip(shares, types, strict=True):
+            for a in members:
+                for b in members:
+                    if a != b:
+                        offset = (window[b][0] - window[a][0], window[b][1] - window[a][1])
+                        row[where[canonical_offset(*offset)]] += 1 / (
+                            len(members) ** 2 - len(members)
+                        )
+        return torch.tensor(shares)
 
     def _module_rule(self, module: nn.Module, state: State | None, node: Step) -> State | None:
         if state is None:
