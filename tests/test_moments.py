@@ -495,3 +495,17 @@ def test_conv_with_padding_without_padding_is_the_plain_conv_rule():
         found = moments.conv_with_padding(mean, var, conv.weight, *_taps(conv, (6, 6)), conv.bias)
         expected = moments.linear(mean, var, conv.weight, conv.bias)
     torch.testing.assert_close(found, expected)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_with_padding_gradient_against_finite_differences(groups):
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2, groups=groups).double()
+    inside, pairs = _taps(conv, (5, 6))
+    inputs = (torch.tensor([0.5, -1.0, 0.0, 1.0], dtype=torch.float64).requires_grad_(),
+              torch.tensor([1.0, 2.0, 0.25, 0.5], dtype=torch.float64).requires_grad_(),
+              conv.weight.detach().clone().requires_grad_())  # fmt: skip
+
+    def rule(mean, var, weight):
+        return moments.conv_with_padding(mean, var, weight, inside, pairs)
+
+    assert torch.autograd.gradcheck(rule, inputs)

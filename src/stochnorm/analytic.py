@@ -119,6 +119,7 @@ class MomentPropagation(nn.Module):
         self.border_aware_convs = border_aware_convs
         self._relu_of_rectified, self._residual_relus = rectified_steps(model, self.plan)
         self._max_pools = max_pool_sources(model, self.plan)
+        self._constants: dict[tuple, Tensor] = {}  # see `_constant`
         self._offsets = max_pool_offsets(model) if self._max_pools else []
         self.register_buffer("input_mean", torch.zeros(1))
         self.register_buffer("input_var", torch.ones(1))
@@ -371,17 +372,31 @@ class MomentPropagation(nn.Module):
         along = ((w @ cross) * w).sum(-1) / var_out  # [offsets, C]
         types, shares = window_types(given[2], pool)
         peak_mean, peak_var = moments.exchangeable_max(
-            (self._pair_shares(pool, types).to(w) @ along).T, [len(t) for t in types]
+            (
+                self._constant(
+                    ("pairs", node.name, given[2]), w, lambda: self._pair_shares(pool, types)
+                )
+                @ along
+            ).T,
+            [len(t) for t in types],
         )  # [C, types]
         mean = before[0][:, None] + before[1].sqrt()[:, None] * peak_mean
         var = before[1][:, None] * peak_var
         if source.relu:
             mean, var = moments.relu(mean, var)
-        share = torch.tensor(shares).to(mean)
+        share = self._constant(("shares", node.name, given[2]), mean, lambda: shares)
         pooled = (mean * share).sum(-1)
         spread = ((var + (mean - pooled[:, None]).square()) * share).sum(-1)
         return pooled, spread, window_out(given[2], pool.kernel_size, pool.stride,
                                            pool.padding, pool.dilation, pool.ceil_mode)  # fmt: skip
+
+    def _constant(self, key: tuple, like: Tensor, make) -> Tensor:
+        """The tensor of `make()` (numbers that depend only on the model's geometry) in
+        `like`'s dtype and device, made once per key: no operations in later steps."""
+        key = (*key, like.dtype, like.device)
+        if key not in self._constants:
+            self._constants[key] = torch.as_tensor(make()).to(like)
+        return self._constants[key]
 
     def _pair_shares(self, pool: nn.Module, types: list[list[int]]) -> Tensor:
         """[types, offsets]: for each window type the share of its ordered pairs of values
@@ -411,7 +426,9 @@ class MomentPropagation(nn.Module):
             padding = conv_padding(module)
             out = window_out(size, module.kernel_size, module.stride, padding, module.dilation)
             if self.border_aware_convs and any(padding) and module.padding_mode == "zeros":
-                inside, pairs = (torch.tensor(t).to(mean) for t in taps_inside(size, module))
+                key = ("taps", node.name, size)
+                inside, pairs = (self._constant((*key, i), mean, lambda i=i: taps_inside(size, module)[i])
+                                 for i in range(2))  # fmt: skip
                 found = moments.conv_with_padding(mean, var, module.weight, inside, pairs,
                                                   module.bias)  # fmt: skip
                 return (*found, out)

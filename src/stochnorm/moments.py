@@ -204,15 +204,58 @@ def conv_with_padding(
         var_out[o]  = sum_{c,k} W[o,c,k]^2 var[c] inside[k]          (within positions)
                       + p_o^T pairs p_o - (p_o . inside)^2            (between positions)
 
-    `linear` is the case of every tap inside (inside = 1, pairs = 1)."""
-    groups = mean.numel() // weight.shape[1]
-    w = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], -1)
-    per_tap = torch.einsum("gock,gc->gok", w, mean.view(groups, -1)).flatten(0, 1)
-    spread = torch.einsum("gock,gc->gok", w * w, var.view(groups, -1)).flatten(0, 1)
-    centre = per_tap @ inside
-    between = ((per_tap @ pairs) * per_tap).sum(1) - centre * centre
-    mean_out = centre if bias is None else centre + bias
-    return mean_out, (spread @ inside + between).clamp_min(0.0)
+    `linear` is the case of every tap inside (inside = 1, pairs = 1). The gradient is in
+    closed form (`_PaddedConvMoments`)."""
+    mean_out, var_out = _PaddedConvMoments.apply(mean, var, weight, inside, pairs)
+    return (mean_out if bias is None else mean_out + bias), var_out.clamp_min(0.0)
+
+
+class _PaddedConvMoments(torch.autograd.Function):
+    """`conv_with_padding`'s rule (without the bias) with its gradient in closed form. With
+    p[o,k] = sum_c W[o,c,k] m[c], q = p pairs, centre = p . inside (c within o's group):
+
+        d/dp[o,k] = (g_mean[o] - 2 g_var[o] centre[o]) inside[k] + 2 g_var[o] q[o,k]
+        d/dm[c] = sum_{o,k} d/dp[o,k] W[o,c,k],   d/dv[c] = sum_o g_var[o] (W^2 inside)[o,c]
+        d/dW[o,c,k] = d/dp[o,k] m[c] + 2 g_var[o] v[c] inside[k] W[o,c,k]."""
+
+    @staticmethod
+    def forward(ctx, mean: Tensor, var: Tensor, weight: Tensor, inside: Tensor, pairs: Tensor):
+        groups = mean.numel() // weight.shape[1]
+        w = weight.flatten(2)  # [O, C/g, K]
+        per_out = mean.view(groups, 1, -1).expand(groups, w.shape[0] // groups, -1)
+        per_tap = torch.bmm(per_out.reshape(w.shape[0], 1, -1), w).squeeze(1)  # [O, K]
+        squared_inside = (w * w) @ inside  # [O, C/g]
+        centre = per_tap @ inside
+        across = per_tap @ pairs
+        between = (across * per_tap).sum(1) - centre * centre
+        var_out = _grouped_product(squared_inside, var, groups) + between
+        ctx.save_for_backward(mean, var, weight, inside, per_tap, across, centre, squared_inside)
+        ctx.groups = groups
+        return centre, var_out
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor):
+        mean, var, weight, inside, per_tap, across, centre, squared_inside = ctx.saved_tensors
+        groups, w = ctx.groups, weight.flatten(2)
+        by_tap = torch.addcmul(
+            torch.outer(grad_mean - 2 * grad_var * centre, inside), grad_var[:, None], across,
+            value=2.0,
+        )  # fmt: skip
+        need_mean, need_var, need_weight, _, _ = ctx.needs_input_grad
+        d_mean = d_var = d_weight = None
+        if need_mean:  # the sum over o (within each group) and k
+            per_weight = torch.einsum("ok,ock->oc", by_tap, w)
+            d_mean = per_weight.view(groups, -1, w.shape[1]).sum(1).flatten()
+        if need_var:
+            d_var = _grouped_product(squared_inside, grad_var, groups, transpose=True)
+        if need_weight:
+            rows = w.shape[0] // groups
+            mean_per_out = mean.view(groups, 1, -1).expand(groups, rows, -1).reshape(w.shape[:2])
+            var_per_out = var.view(groups, 1, -1).expand(groups, rows, -1).reshape(w.shape[:2])
+            scale = var_per_out[:, :, None] * (grad_var[:, None] * inside)[:, None, :]
+            d_weight = torch.addcmul(by_tap[:, None, :] * mean_per_out[:, :, None], w, scale,
+                                     value=2.0).view_as(weight)  # fmt: skip
+        return d_mean, d_var, d_weight, None, None
 
 
 def linear_from_patches(
