@@ -120,7 +120,7 @@ class MomentPropagation(nn.Module):
         self._relu_of_rectified, self._residual_relus = rectified_steps(model, self.plan)
         self._max_pools = max_pool_sources(model, self.plan)
         self._constants: dict[tuple, Tensor] = {}  # see `_constant`
-        self._offsets = max_pool_offsets(model) if self._max_pools else []
+        self._offsets = max_pool_offsets(model, self.plan) if self._max_pools else []
         self.register_buffer("input_mean", torch.zeros(1))
         self.register_buffer("input_var", torch.ones(1))
         self.register_buffer("patch_mean", None)

@@ -77,6 +77,13 @@ def taps_inside(size, module: nn.Module) -> tuple[list[float], list[list[float]]
                            conv_padding(module), pair(module.dilation, n))  # fmt: skip
 
 
+def _taps_read(size: int, kernel: int, stride: int, padding: int, dilation: int, out: int):
+    """Along one dim of a window op (conv, pooling) on `size` values with `out` outputs: for
+    each output position, whether each of its `kernel` taps reads inside (not padding)."""
+    return [[0 <= i * stride - padding + tap * dilation < size for tap in range(kernel)]
+            for i in range(out)]  # fmt: skip
+
+
 @functools.lru_cache(maxsize=1024)
 def _taps_inside_of(size, kernel, stride, padding, dilation):
     # the output positions form a grid and a tap reads inside when it does in every dim: the
@@ -84,7 +91,7 @@ def _taps_inside_of(size, kernel, stride, padding, dilation):
     inside, pairs = [1.0], [[1.0]]
     out = window_out(size, kernel, stride, padding, dilation)
     for m, k, st, p, d, o in zip(size, kernel, stride, padding, dilation, out, strict=True):
-        reads = [[0 <= i * st - p + tap * d < m for tap in range(k)] for i in range(o)]
+        reads = _taps_read(m, k, st, p, d, o)
         dim_inside = [sum(r[t] for r in reads) / o for t in range(k)]
         dim_pairs = [[sum(r[t] and r[u] for r in reads) / o for u in range(k)] for t in range(k)]
         inside = [a * b for a in inside for b in dim_inside]
@@ -205,11 +212,12 @@ def canonical_offset(dy: int, dx: int) -> tuple[int, int]:
     return (dy, dx) if (dy, dx) > (0, 0) else (-dy, -dx)
 
 
-def max_pool_offsets(model: nn.Module) -> list[tuple[int, int]]:
+def max_pool_offsets(model: nn.Module, plan: Sequence[Step] | None = None) -> list[tuple[int, int]]:
     """The nonzero offsets (in the first conv's output grid, one of each +- pair, sorted)
     between the window elements of the max-pools that `max_pool_sources` finds: the
-    offsets at which `patch_moments` measures the patches' cross-covariance."""
-    plan = trace_plan(Tracer().trace(model))
+    offsets at which `patch_moments` measures the patches' cross-covariance (`plan`: the
+    model's, if already traced)."""
+    plan = trace_plan(Tracer().trace(model)) if plan is None else plan
     offsets = set()
     for name in max_pool_sources(model, plan):
         pool = model.get_submodule(next(s.target for s in plan if s.name == name))
@@ -230,8 +238,8 @@ def window_types(size, pool: nn.MaxPool2d) -> tuple[list[list[int]], list[float]
     out = window_out(size, kernel, stride, padding, dilation, pool.ceil_mode)
     for n, k, st, p, d, o in zip(size, kernel, stride, padding, dilation, out, strict=True):
         inside: dict[tuple[int, ...], int] = {}
-        for position in range(o):
-            key = tuple(i for i in range(k) if 0 <= position * st - p + i * d < n)
+        for reads in _taps_read(n, k, st, p, d, o):
+            key = tuple(i for i in range(k) if reads[i])
             inside[key] = inside.get(key, 0) + 1
         per_dim.append(inside)
     (rows, columns), width = per_dim, kernel[1]
